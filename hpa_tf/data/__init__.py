@@ -1,0 +1,1 @@
+"""Data: on-disk layout, image readers, the synthetic dataset, preparation and input pipelines."""
