@@ -1,0 +1,365 @@
+"""Procedural RGBY cell images for the synthetic dataset: cells, reference stains and 28 protein patterns.
+
+Geometry is drawn in image-relative units, so the same random draws render the same field at any size
+(the synthetic TIFFs are the PNG fields rendered at twice the size). Red = microtubules, blue = nucleus,
+yellow = ER; green holds one pattern per class, tied to those structures as in HPA images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from hpa_tf.labels import NUM_CLASSES
+
+# Where each point-like class puts its spots, how many per cell, spot size (cell radii) and brightness.
+# region: nucleus | cyto | perinuclear | periphery
+_SPOTS = {
+    2: ("nucleus", (2, 4), 0.09, 1.0),  # Nucleoli: a few big bright spots in the nucleus
+    3: ("nucleus", (6, 10), 0.025, 0.9),  # Nucleoli fibrillar center: clusters of tiny dots
+    4: ("nucleus", (12, 20), 0.05, 0.55),  # Nuclear speckles: many dim irregular blobs
+    5: ("nucleus", (3, 7), 0.03, 1.0),  # Nuclear bodies: a few small bright dots
+    8: ("cyto", (25, 40), 0.02, 0.7),  # Peroxisomes: many tiny dots
+    9: ("cyto", (10, 18), 0.04, 0.8),  # Endosomes
+    10: ("perinuclear", (6, 10), 0.055, 0.9),  # Lysosomes: larger perinuclear dots
+    18: ("perinuclear", (1, 1), 0.06, 1.0),  # MTOC: one dot beside the nucleus
+    24: ("perinuclear", (1, 1), 0.16, 1.0),  # Aggresome: one big blob
+    26: ("cyto", (2, 5), 0.07, 1.0),  # Cytoplasmic bodies: a few medium bright bodies
+}
+_CYCLE_CLASSES = (16, 17)  # cell-cycle patterns: shown by a few cells of the field only
+
+
+@dataclass(frozen=True)
+class FieldStyle:
+    """Look of one antibody's green stain: shared by all its fields (images)."""
+
+    gain: float  # overall green brightness
+    spot_scale: float  # size factor of point-like patterns
+    count_scale: float  # count factor of point-like patterns
+    texture_phase: float  # phase of the filament textures
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> FieldStyle:
+        return cls(
+            gain=float(rng.uniform(0.45, 1.0)),
+            spot_scale=float(rng.uniform(0.8, 1.25)),
+            count_scale=float(rng.uniform(0.75, 1.3)),
+            texture_phase=float(rng.uniform(0, 2 * np.pi)),
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: an ellipse with an elliptical nucleus, in image-relative units."""
+
+    cx: float
+    cy: float
+    radius: float
+    aspect: float
+    angle: float
+    nucleus: float  # nucleus radius / cell radius
+    intensity: float
+    n_fibres: int
+    neighbour: tuple[float, float]  # direction (unit vector) to the nearest other cell
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """Cell count and size ranges of a preset (image-relative radius)."""
+
+    count: tuple[int, int]
+    radius: tuple[float, float]
+
+
+def draw_cells(rng: np.random.Generator, layout: CellLayout) -> list[Cell]:
+    """Place non-overlapping-ish cells with rejection sampling."""
+    target = int(rng.integers(layout.count[0], layout.count[1] + 1))
+    centres, radii = [], []
+    for _ in range(target * 30):
+        if len(centres) == target:
+            break
+        radius = rng.uniform(*layout.radius)
+        centre = rng.uniform(0.05, 0.95, size=2)
+        if all(np.hypot(*(centre - c)) > 1.35 * max(radius, r) for c, r in zip(centres, radii, strict=True)):
+            centres.append(centre)
+            radii.append(radius)
+    cells = []
+    for i, (centre, radius) in enumerate(zip(centres, radii, strict=True)):
+        others = [c for j, c in enumerate(centres) if j != i]
+        if others:
+            nearest = min(others, key=lambda c: np.hypot(*(c - centre)))
+            direction = (nearest - centre) / max(np.hypot(*(nearest - centre)), 1e-6)
+        else:
+            angle = rng.uniform(0, 2 * np.pi)
+            direction = np.array([np.cos(angle), np.sin(angle)])
+        cells.append(
+            Cell(
+                cx=float(centre[0]),
+                cy=float(centre[1]),
+                radius=float(radius),
+                aspect=float(rng.uniform(0.7, 1.0)),
+                angle=float(rng.uniform(0, np.pi)),
+                nucleus=float(rng.uniform(0.4, 0.55)),
+                intensity=float(rng.uniform(0.6, 1.0)),
+                n_fibres=int(rng.integers(16, 28)),
+                neighbour=(float(direction[0]), float(direction[1])),
+            )
+        )
+    return cells
+
+
+def _local_to_image(cell: Cell, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-local coordinates (cell radii, rotated frame) -> image-relative x, y."""
+    ca, sa = np.cos(cell.angle), np.sin(cell.angle)
+    u = u * cell.radius
+    v = v * cell.radius * cell.aspect
+    return cell.cx + ca * u - sa * v, cell.cy + sa * u + ca * v
+
+
+class _Canvas:
+    """Full-size float planes plus helpers to paint cell-local fields and blurred spots."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.planes = {name: np.zeros((size, size), np.float32) for name in ("r", "g", "b", "y")}
+
+    def window(self, cell: Cell, margin: float = 1.15):
+        """Pixel slice around a cell and its local coordinates (u, v, rho, phi) on that slice."""
+        size = self.size
+        extent = cell.radius * margin
+        x0, x1 = (max(0, int((cell.cx - extent) * size)), min(size, int((cell.cx + extent) * size) + 1))
+        y0, y1 = (max(0, int((cell.cy - extent) * size)), min(size, int((cell.cy + extent) * size) + 1))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        xs = (np.arange(x0, x1, dtype=np.float32) + 0.5) / size - cell.cx
+        ys = (np.arange(y0, y1, dtype=np.float32) + 0.5) / size - cell.cy
+        dx, dy = np.meshgrid(xs, ys)
+        ca, sa = np.cos(cell.angle), np.sin(cell.angle)
+        u = (ca * dx + sa * dy) / cell.radius
+        v = (-sa * dx + ca * dy) / (cell.radius * cell.aspect)
+        return (slice(y0, y1), slice(x0, x1)), u, v, np.hypot(u, v), np.arctan2(v, u)
+
+    def paint(self, plane: str, region, values: np.ndarray) -> None:
+        target = self.planes[plane][region]
+        np.maximum(target, values, out=target)
+
+    def spots(self, xs: np.ndarray, ys: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+        """Gaussian spots (sigma image-relative) at image-relative points, peak about `weights`."""
+        size = self.size
+        impulses = np.zeros((size, size), np.float32)
+        ix = np.clip(np.round(xs * size - 0.5).astype(int), 0, size - 1)
+        iy = np.clip(np.round(ys * size - 0.5).astype(int), 0, size - 1)
+        np.add.at(impulses, (iy, ix), weights)
+        sigma_px = max(sigma * size, 0.6)
+        return gaussian_filter(impulses, sigma_px) * (2 * np.pi * sigma_px**2)
+
+
+def _soft(x: np.ndarray, width: float = 0.08) -> np.ndarray:
+    """Soft step: 1 well inside (x < -width), 0 outside."""
+    return np.clip(0.5 - x / (2 * width), 0.0, 1.0)
+
+
+def _sharpen(x: np.ndarray, squarings: int) -> np.ndarray:
+    """x ** (2 ** squarings) by repeated squaring (much cheaper than a float power): thin ridges."""
+    for _ in range(squarings):
+        x = x * x
+    return x
+
+
+def _ring(x: np.ndarray, width: float) -> np.ndarray:
+    """Gaussian ridge of the given width where x == 0."""
+    return np.exp(-((x / width) ** 2))
+
+
+def _region_points(rng: np.random.Generator, cell: Cell, region: str, n: int):
+    """n random image-relative points in a region of a cell."""
+    phi = rng.uniform(0, 2 * np.pi, n)
+    k = cell.nucleus
+    if region == "nucleus":
+        rho = k * 0.8 * np.sqrt(rng.uniform(0, 1, n))
+    elif region == "perinuclear":
+        rho = rng.uniform(k * 1.15, k * 1.45, n)
+    elif region == "periphery":
+        rho = rng.uniform(0.85, 0.95, n)
+    else:  # cytoplasm
+        rho = np.sqrt(rng.uniform((k * 1.15) ** 2, 0.9**2, n))
+    return _local_to_image(cell, rho * np.cos(phi), rho * np.sin(phi))
+
+
+def _segments(rng: np.random.Generator, cell: Cell, n: int, length: float, region: str = "cyto"):
+    """Points along n short random segments (length in cell radii): tubules and rods."""
+    x0, y0 = _region_points(rng, cell, region, n)
+    theta = rng.uniform(0, np.pi, n)
+    steps = np.linspace(-0.5, 0.5, 7)
+    half = length * cell.radius
+    xs = x0[:, None] + np.cos(theta)[:, None] * steps * half
+    ys = y0[:, None] + np.sin(theta)[:, None] * steps * half
+    return xs.ravel(), ys.ravel()
+
+
+def _ring_points(rng: np.random.Generator, cell: Cell, n: int, radius: float):
+    """Points on n small circles (radius in cell radii): lipid droplets, rings."""
+    x0, y0 = _region_points(rng, cell, "cyto", n)
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    r = radius * cell.radius
+    return (x0[:, None] + r * np.cos(angles)).ravel(), (y0[:, None] + r * np.sin(angles)).ravel()
+
+
+def _reference_stains(canvas: _Canvas, cell: Cell, phase: float) -> dict[str, np.ndarray]:
+    """Paint blue nucleus, red microtubules and yellow ER for one cell; return its local fields."""
+    win = canvas.window(cell)
+    if win is None:
+        return {}
+    region, u, v, rho, phi = win
+    k = cell.nucleus
+    rho_n = rho / k
+    body = _soft(rho - 1.0)
+    nucleus = _soft(rho_n - 1.0, 0.1)
+    cyto = body * (1.0 - nucleus)
+    fibres = _sharpen(0.5 + 0.5 * np.cos(cell.n_fibres * phi + 2.5 * np.sin(3 * rho + phase)), 3)
+    microtubules = cyto * fibres * (1.1 - 0.6 * rho)
+    er_net = np.abs(np.sin(11 * u + 4 * v * v + phase) + np.sin(9 * v - 3 * u * u))
+    er = cyto * np.exp(-((er_net / 0.45) ** 2) - 1.5 * np.clip(rho - k, 0, None))
+    chromatin = 0.85 + 0.15 * np.sin(23 * u + 19 * v * v)
+    canvas.paint("b", region, cell.intensity * nucleus * chromatin)
+    canvas.paint("r", region, cell.intensity * (0.75 * microtubules + 0.12 * cyto))
+    canvas.paint("y", region, cell.intensity * (0.8 * er + 0.1 * cyto))
+    return dict(region=region, u=u, v=v, rho=rho, phi=phi, rho_n=rho_n, body=body, nucleus=nucleus,
+                cyto=cyto, microtubules=microtubules, er=er)
+
+
+def _field_pattern(cls: int, f: dict, cell: Cell, style: FieldStyle) -> np.ndarray | None:
+    """Green pattern of a class that is a field over the cell (fills, rings, textures), or None."""
+    u, v, rho, phi, rho_n = f["u"], f["v"], f["rho"], f["phi"], f["rho_n"]
+    if cls == 0:  # Nucleoplasm
+        return 0.8 * f["nucleus"]
+    if cls == 1:  # Nuclear membrane
+        return _ring(rho_n - 1.0, 0.12)
+    if cls == 6:  # Endoplasmic reticulum
+        return f["er"] * 1.2
+    if cls == 7:  # Golgi apparatus: a crescent hugging one side of the nucleus
+        side = np.cos(phi - style.texture_phase)
+        return _ring(rho_n - 1.3, 0.25) * np.clip(side, 0, None) ** 3 * f["body"]
+    if cls == 11:  # Intermediate filaments: long wavy lines through the cytoplasm
+        lines = _sharpen(0.5 + 0.5 * np.cos(14 * (u + 0.25 * np.sin(5 * v + style.texture_phase))), 3)
+        return 0.9 * lines * f["cyto"]
+    if cls == 12:  # Actin filaments: straight parallel stress fibres over the whole cell
+        b = style.texture_phase
+        return _sharpen(0.5 + 0.5 * np.cos(22 * (u * np.cos(b) + v * np.sin(b))), 4) * f["body"]
+    if cls == 13:  # Focal adhesion sites: short dashes at the cell edge
+        dashes = (np.cos(14 * phi + style.texture_phase) > 0.6).astype(np.float32)
+        return dashes * _ring(rho - 0.9, 0.07)
+    if cls == 14:  # Microtubules
+        return 1.3 * f["microtubules"]
+    if cls == 21:  # Plasma membrane
+        return _ring(rho - 0.97, 0.06)
+    if cls == 22:  # Cell junctions: membrane on the side facing the neighbour
+        toward = np.arctan2(cell.neighbour[1], cell.neighbour[0]) - cell.angle
+        facing = np.cos(phi - toward)
+        return _ring(rho - 0.97, 0.1) * np.clip(facing, 0, None) ** 4
+    if cls == 25:  # Cytosol
+        return 0.7 * f["cyto"]
+    if cls == 17:  # Mitotic spindle: two cones across the nucleus
+        a = np.abs(u / cell.nucleus)
+        return (np.abs(v / cell.nucleus) < 0.45 * (1 - a)) * (a < 1.0) * 1.0
+    return None
+
+
+def _spot_pattern(canvas: _Canvas, rng: np.random.Generator, cls: int, cells: list[Cell],
+                  style: FieldStyle) -> np.ndarray | None:
+    """Green pattern of a point-like class (spots, tubules, rings, bridges), or None."""
+    xs, ys, sigma = [], [], 0.0
+    for cell in cells:
+        if cls in _SPOTS:
+            region, (lo, hi), size, _ = _SPOTS[cls]
+            n = max(1, int(round(rng.integers(lo, hi + 1) * (style.count_scale if hi > 1 else 1))))
+            px, py = _region_points(rng, cell, region, n)
+            sigma = size * style.spot_scale * cell.radius
+        elif cls == 15:  # Microtubule ends: dots at the tips of the fibres
+            phi = np.arange(cell.n_fibres) * 2 * np.pi / cell.n_fibres
+            px, py = _local_to_image(cell, 0.9 * np.cos(phi), 0.9 * np.sin(phi))
+            sigma = 0.025 * cell.radius
+        elif cls == 19:  # Centrosome: a pair of dots beside the nucleus
+            px, py = _region_points(rng, cell, "perinuclear", 1)
+            px, py = np.r_[px, px + 0.12 * cell.radius], np.r_[py, py + 0.05 * cell.radius]
+            sigma = 0.03 * cell.radius
+        elif cls == 23:  # Mitochondria: many short tubules
+            px, py = _segments(rng, cell, int(18 * style.count_scale), 0.18)
+            sigma = 0.02 * cell.radius
+        elif cls == 27:  # Rods & rings
+            rx, ry = _segments(rng, cell, 2, 0.4)
+            cx, cy = _ring_points(rng, cell, 2, 0.08)
+            px, py = np.r_[rx, cx], np.r_[ry, cy]
+            sigma = 0.02 * cell.radius
+        elif cls == 20:  # Lipid droplets: hollow rings
+            px, py = _ring_points(rng, cell, int(rng.integers(3, 7)), 0.07 * style.spot_scale)
+            sigma = 0.018 * cell.radius
+        elif cls == 16:  # Cytokinetic bridge: a thin line towards the neighbouring cell
+            t = np.linspace(0.9, 1.9, 16)
+            px = cell.cx + cell.neighbour[0] * t * cell.radius
+            py = cell.cy + cell.neighbour[1] * t * cell.radius
+            sigma = 0.025 * cell.radius
+        else:
+            return None
+        xs.append(px)
+        ys.append(py)
+    if not xs:
+        return None
+    weight = _SPOTS[cls][3] if cls in _SPOTS else 1.0
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    keep = (x >= 0) & (x < 1) & (y >= 0) & (y < 1)
+    return weight * canvas.spots(x[keep], y[keep], np.ones(int(keep.sum()), np.float32), sigma)
+
+
+def render_field(rng: np.random.Generator, labels: list[int], style: FieldStyle, layout: CellLayout,
+                 size: int) -> np.ndarray:
+    """One RGBY field, float32 (size, size, 4) in [0, 1]: draws cells, stains and green patterns."""
+    if any(not 0 <= c < NUM_CLASSES for c in labels):
+        raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}, got {labels}")
+    cells = draw_cells(rng, layout)
+    canvas = _Canvas(size)
+    fields = [_reference_stains(canvas, cell, style.texture_phase) for cell in cells]
+    green = np.zeros((size, size), np.float32)
+    for cls in sorted(labels):
+        showing = [True] * len(cells)
+        if cls in _CYCLE_CLASSES:  # only a few cells are dividing
+            showing = list(rng.uniform(size=len(cells)) < 0.4)
+            showing[int(rng.integers(len(cells)))] = True
+        spots = _spot_pattern(canvas, rng, cls, [c for c, s in zip(cells, showing, strict=True) if s], style)
+        if spots is not None:
+            np.maximum(green, spots, out=green)
+            continue
+        for cell, f, show in zip(cells, fields, showing, strict=True):
+            pattern = _field_pattern(cls, f, cell, style) if f and show else None
+            if pattern is not None:
+                target = green[f["region"]]
+                np.maximum(target, cell.intensity * pattern, out=target)
+    canvas.planes["g"] = np.clip(green, 0, 1) * style.gain
+    image = np.stack([canvas.planes[c] for c in ("r", "g", "b", "y")], axis=-1)
+    return _camera(rng, image, size)
+
+
+def _blur(image: np.ndarray, passes: int) -> np.ndarray:
+    """Separable [1, 2, 1] / 4 binomial blur over H and W (edges repeated): a cheap optical blur."""
+    for _ in range(passes):
+        for axis in (0, 1):
+            src = np.moveaxis(image, axis, 0)
+            out = 0.5 * src
+            out[1:] += 0.25 * src[:-1]
+            out[:-1] += 0.25 * src[1:]
+            out[0] += 0.25 * src[0]
+            out[-1] += 0.25 * src[-1]
+            image = np.moveaxis(out, 0, axis)
+    return image
+
+
+def _camera(rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarray:
+    """Optical blur, per-channel gain, shot noise and a dark background: what a microscope adds."""
+    image = _blur(image, passes=max(1, size // 256))
+    image *= rng.uniform(0.7, 1.0, size=4).astype(np.float32)
+    noise = rng.random(image.shape, dtype=np.float32) - 0.5  # uniform noise: cheap, and enough here
+    noise *= 0.006 + 0.07 * np.sqrt(image)
+    image += noise
+    return np.clip(image, 0.0, 1.0, out=image)
