@@ -337,29 +337,47 @@ def render_field(rng: np.random.Generator, labels: list[int], style: FieldStyle,
                 target = green[f["region"]]
                 np.maximum(target, cell.intensity * pattern, out=target)
     canvas.planes["g"] = np.clip(green, 0, 1) * style.gain
-    image = np.stack([canvas.planes[c] for c in ("r", "g", "b", "y")], axis=-1)
-    return _camera(rng, image, size)
+    planes = np.stack([canvas.planes[c] for c in ("r", "g", "b", "y")])  # channel-first while processing
+    return np.moveaxis(_camera(rng, planes, size), 0, -1)
 
 
-def _blur(image: np.ndarray, passes: int) -> np.ndarray:
-    """Separable [1, 2, 1] / 4 binomial blur over H and W (edges repeated): a cheap optical blur."""
+def _blur(planes: np.ndarray, passes: int) -> np.ndarray:
+    """Separable [1, 2, 1] / 4 binomial blur of (C, H, W) planes over H and W (edges repeated)."""
     for _ in range(passes):
-        for axis in (0, 1):
-            src = np.moveaxis(image, axis, 0)
+        for axis in (1, 2):
+            src = np.moveaxis(planes, axis, 0)
             out = 0.5 * src
             out[1:] += 0.25 * src[:-1]
             out[:-1] += 0.25 * src[1:]
             out[0] += 0.25 * src[0]
             out[-1] += 0.25 * src[-1]
-            image = np.moveaxis(out, 0, axis)
-    return image
+            planes = np.moveaxis(out, 0, axis)
+    return planes
 
 
-def _camera(rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarray:
-    """Optical blur, per-channel gain, shot noise and a dark background: what a microscope adds."""
-    image = _blur(image, passes=max(1, size // 256))
-    image *= rng.uniform(0.7, 1.0, size=4).astype(np.float32)
-    noise = rng.random(image.shape, dtype=np.float32) - 0.5  # uniform noise: cheap, and enough here
-    noise *= 0.006 + 0.07 * np.sqrt(image)
-    image += noise
-    return np.clip(image, 0.0, 1.0, out=image)
+def _uneven_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Dim, smooth, per-channel background waves (uneven illumination), (4, size, size).
+
+    Besides realism, it decorrelates the channels' low frequencies, so that unrelated fields rarely
+    share all three pHashes."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    fx, fy = (rng.uniform(-1.5, 1.5, size=(2, 4, 1)) * np.pi * 2).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, size=(4, 1)).astype(np.float32)
+    half = 0.5 * rng.uniform(0.006, 0.025, size=(4, 1, 1)).astype(np.float32)
+    ax, ay = fx * coords, fy * coords + phase  # (4, size) each
+    # cos(ay + ax) = cos(ay) cos(ax) - sin(ay) sin(ax): a rank-2 product per channel
+    rows = np.stack([np.cos(ay), -np.sin(ay)], axis=-1)  # (4, size, 2)
+    cols = np.stack([np.cos(ax), np.sin(ax)], axis=1)  # (4, 2, size)
+    return half * (1.0 + rows @ cols)
+
+
+def _camera(rng: np.random.Generator, planes: np.ndarray, size: int) -> np.ndarray:
+    """Optical blur, per-channel gain, shot noise and a dim uneven background on (4, H, W) planes."""
+    planes = _blur(planes, passes=max(1, size // 256))
+    planes *= rng.uniform(0.7, 1.0, size=(4, 1, 1)).astype(np.float32)
+    planes += _uneven_background(rng, size)
+    np.maximum(planes, 0.0, out=planes)  # rounding can leave -1e-10 where the wave is 0
+    noise = rng.random(planes.shape, dtype=np.float32) - 0.5  # uniform noise: cheap, and enough here
+    noise *= 0.006 + 0.07 * np.sqrt(planes)
+    planes += noise
+    return np.clip(planes, 0.0, 1.0, out=planes)

@@ -27,12 +27,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from hpa_tf.data.cells import CellLayout, FieldStyle, render_field
+from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.labels import KAGGLE_TRAIN_COUNTS, NUM_CLASSES, format_target
 
 DATA_ENV = "HPA_TF_DATA"
 JPEG_PLANE = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}  # yellow: R+G planes (spec 1.3)
 _MAX_LABELS = 5
+_CLASH_DISTANCE = 16  # unplanned pairs this close on R, G and B are redrawn (a margin over spec 2's 12)
+_MAX_REDRAWS = 5
 
 
 @dataclass(frozen=True)
@@ -265,31 +268,36 @@ def _write_kaggle(layout: DataLayout, split: str, image_id: str, rgby: np.ndarra
         _write_png(layout.kaggle_png(split, image_id, color), rgby[..., c])
 
 
-def _write(layout: DataLayout, image: dict, field_png: np.ndarray, rng: np.random.Generator) -> None:
+def _write(layout: DataLayout, image: dict, field_png: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pixels = _perturb(rng, field_png) if image["copy"] else field_png
     rgby = _to_uint(pixels, "uint8")
     if image["split"] == "external":
         _write_external(layout, image["id"], rgby)
     else:
         _write_kaggle(layout, image["split"], image["id"], rgby)
+    return rgby
 
 
-def render_task(task: dict) -> int:
-    """Render one field and write every image that shows it (original, TIFF, duplicate copies)."""
+def render_task(task: dict) -> list[tuple[str, np.ndarray]]:
+    """Render one field and write every image that shows it (original, TIFF, duplicate copies).
+
+    Returns (Id, R/G/B pHashes) of each image written, for the accidental-duplicate check."""
     layout = DataLayout(task["root"])
-    rng = np.random.default_rng([task["seed"], 1, task["field"]])
+    rng = np.random.default_rng([task["seed"], 1, task["field"], task["attempt"]])
     size = task["size"]
     tif = next((im["tif"] for im in task["images"] if im["tif"]), None)
     field_full = render_field(rng, task["labels"], task["style"], task["layout"], 2 * size if tif else size)
     field_png = _downsample2(field_full) if tif else field_full
+    hashes = []
     for image in task["images"]:
-        _write(layout, image, field_png, rng)
+        rgby = _write(layout, image, field_png, rng)
+        hashes.append((image["id"], phash_planes(rgby)))
         if image["tif"]:
             planes = _to_uint(field_full, image["tif"])
             for c, color in enumerate(COLORS):
                 tifffile.imwrite(layout.kaggle_tif(image["split"], image["id"], color), planes[..., c],
-                                 compression="zlib")
-    return len(task["images"])
+                                 compression="zlib", compressionargs={"level": 1})
+    return hashes
 
 
 def _tasks(plan: Plan, root: Path) -> list[dict]:
@@ -301,7 +309,8 @@ def _tasks(plan: Plan, root: Path) -> list[dict]:
         members = sorted(by_field[field_index], key=lambda im: im.copy)  # the original first
         antibody = plan.antibodies[members[0].antibody]
         tasks.append({
-            "root": str(root), "seed": plan.seed, "field": field_index, "size": plan.preset.size,
+            "root": str(root), "seed": plan.seed, "field": field_index, "attempt": 0,
+            "size": plan.preset.size,
             "layout": plan.preset.layout, "style": antibody.style, "labels": sorted(antibody.labels),
             "images": [{"id": im.image_id, "split": im.split, "copy": im.copy, "tif": im.tif}
                        for im in members],
@@ -365,31 +374,64 @@ def generate(out: str | Path, preset: str = "tiny", seed: int = 0, workers: int 
         shutil.rmtree(out)
     building = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
-    layout = DataLayout(building)
     plan = make_plan(PRESETS[preset], seed)
-    _make_dirs(layout)
-    _write_tables(plan, layout)
     tasks = _tasks(plan, building)
     if workers is None:  # a pool only pays for itself on the larger presets
         workers = 1 if len(tasks) < 400 else os.cpu_count() or 1
-    bar = tqdm(total=len(plan.images), desc=f"synthetic {preset}", unit="img", disable=not progress)
     try:
-        if workers <= 1:
-            for task in tasks:
-                bar.update(render_task(task))
+        layout = DataLayout(building)
+        _make_dirs(layout)
+        _write_tables(plan, layout)
+        hashes = _run(tasks, workers, f"synthetic {preset}", progress)
+        for _ in range(_MAX_REDRAWS):
+            clashes = _accidental_duplicates(plan, hashes)
+            if not clashes:
+                break
+            redo = [t for t in tasks if t["field"] in clashes]
+            for task in redo:
+                task["attempt"] += 1
+            hashes.update(_run(redo, 1, "redrawing accidental near-duplicates", progress))
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for n in pool.imap_unordered(render_task, tasks, chunksize=8):
-                    bar.update(n)
+            raise RuntimeError(f"could not remove accidental near-duplicates after {_MAX_REDRAWS} redraws")
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    finally:
-        bar.close()
     if out.exists():
         out.rmdir()
     building.rename(out)
     return out
+
+
+def _run(tasks: list[dict], workers: int, desc: str, progress: bool) -> dict[str, np.ndarray]:
+    """Run render tasks (in a spawn pool when workers > 1); Id -> pHashes of every image written."""
+    hashes: dict[str, np.ndarray] = {}
+    with tqdm(total=sum(len(t["images"]) for t in tasks), desc=desc, unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for task in tasks:
+                hashes.update(render_task(task))
+                bar.update(len(task["images"]))
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for written in pool.imap_unordered(render_task, tasks, chunksize=8):
+                    hashes.update(written)
+                    bar.update(len(written))
+    return hashes
+
+
+def _accidental_duplicates(plan: Plan, hashes: dict[str, np.ndarray]) -> set[int]:
+    """Fields to redraw: one of each unplanned pair within _CLASH_DISTANCE on R, G and B, among the
+    pairs that prepare compares (train<->HPAv18, test<->test, test<->HPAv18)."""
+    planted = {frozenset((plan.images[a].field, plan.images[b].field)) for a, b, _ in plan.duplicates}
+    members = {s: [im for im in plan.images if im.split == s] for s in ("train", "test", "external")}
+    stack = {s: np.stack([hashes[im.image_id] for im in v]) for s, v in members.items()}
+    clashes = set()
+    for a, b in (("train", "external"), ("test", "test"), ("test", "external")):
+        pairs = match_hashes(stack[a], stack[b], max_distance=_CLASH_DISTANCE, exclude_self=a == b)
+        for i, j in zip(pairs["query"], pairs["reference"], strict=True):
+            fields = (members[a][i].field, members[b][j].field)
+            if fields[0] != fields[1] and frozenset(fields) not in planted:
+                clashes.add(max(fields))
+    return clashes
 
 
 def default_data_dir(preset: str = "demo", seed: int = 0) -> Path:
