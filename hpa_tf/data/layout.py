@@ -72,6 +72,14 @@ class DataLayout:
         return self.root / "external" / "jpg" / f"{validate_id(image_id)}_{_color(color)}.jpg"
 
     # prepared outputs
+    def kaggle_cache(self, split: str, image_id: str, color: str, size: int) -> Path:
+        """Resize cache of a Kaggle image channel: 8-bit grayscale PNG of size x size (spec 1.2)."""
+        return self.root / _split(split) / f"images_{int(size)}" / _file(image_id, color, "png")
+
+    def external_cache(self, image_id: str, color: str, size: int) -> Path:
+        """Resize cache of an HPAv18 image channel: grayscale JPEG of size x size (spec 1.3)."""
+        return self.root / "train" / f"external_v18_{int(size)}" / _file(image_id, color, "jpg")
+
     @property
     def meta_dir(self) -> Path:
         return self.root / "meta"
@@ -79,6 +87,10 @@ class DataLayout:
     @property
     def split_dir(self) -> Path:
         return self.root / "split"
+
+
+def _file(image_id: str, color: str, extension: str) -> str:
+    return f"{validate_id(image_id)}_{_color(color)}.{extension}"
 
 
 def _split(split: str) -> str:
