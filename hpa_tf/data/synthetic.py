@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from hpa_tf.data.cells import CellLayout, FieldStyle, render_field
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.labels import KAGGLE_TRAIN_COUNTS, NUM_CLASSES, format_target
+from hpa_tf.parallel import imap_unordered
 
 DATA_ENV = "HPA_TF_DATA"
 JPEG_PLANE = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}  # yellow: R+G planes (spec 1.3)
@@ -406,15 +406,9 @@ def _run(tasks: list[dict], workers: int, desc: str, progress: bool) -> dict[str
     """Run render tasks (in a spawn pool when workers > 1); Id -> pHashes of every image written."""
     hashes: dict[str, np.ndarray] = {}
     with tqdm(total=sum(len(t["images"]) for t in tasks), desc=desc, unit="img", disable=not progress) as bar:
-        if workers <= 1:
-            for task in tasks:
-                hashes.update(render_task(task))
-                bar.update(len(task["images"]))
-        else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for written in pool.imap_unordered(render_task, tasks, chunksize=8):
-                    hashes.update(written)
-                    bar.update(len(written))
+        for written in imap_unordered(render_task, tasks, workers):
+            hashes.update(written)
+            bar.update(len(written))
     return hashes
 
 

@@ -1,0 +1,343 @@
+"""Data preparation (spec sections 1-4) as one resumable command.
+
+    python -m hpa_tf.data.prepare --data-dir DIR [--sizes 768 1536] [--workers N]
+
+Writes, under DIR: resize caches per size, meta CSVs, pHash matches (train<->HPAv18, test<->test,
+test<->HPAv18 and our own test leak list), the 5-fold and antibody splits, the optional label correction
+and per-channel statistics. A rerun skips finished work (checked against a manifest of the cache files),
+redoes anything missing or damaged, and rewrites no file whose content is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import LabelEncoder
+from tqdm import tqdm
+
+from hpa_tf.atomic import write_csv_atomic, write_json_atomic
+from hpa_tf.data import splits
+from hpa_tf.data.dedup import match_hashes, phash_planes
+from hpa_tf.data.io import read_rgby
+from hpa_tf.data.layout import COLORS, DataLayout, validate_id
+from hpa_tf.data.resize import cache_external_image, cache_is_complete, cache_kaggle_image, channel_stats
+from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
+from hpa_tf.parallel import imap_unordered
+
+REAL_DATA_SIZES = (768, 1536)  # what the i768 and i1536 training profiles read (spec 1.2)
+FOLD_SEED = 100  # random_state of every split in the reference (spec 3)
+_FEATURES = ["hash_r", "hash_g", "hash_b"] + [f"{s}_{c}" for s in ("mean", "std") for c in "rgby"]
+
+
+class PrepareError(ValueError):
+    """Bad input data: the message names the file or CSV row."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image to prepare: kind 'kaggle' (split train/test) or 'external' (HPAv18)."""
+
+    kind: str
+    split: str
+    image_id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.split}/{self.image_id}"
+
+
+# --------------------------------------------------------------------------------------------- raw input
+
+def read_raw_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read a raw Kaggle/HPAv18 CSV as strings, checking columns, Ids (safe, unique) and Targets."""
+    if not path.is_file():
+        raise PrepareError(f"missing input file: {path}")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PrepareError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    for row, image_id in enumerate(frame["Id"], start=2):  # CSV line numbers (header is line 1)
+        try:
+            validate_id(image_id)
+        except ValueError as error:
+            raise PrepareError(f"{path}, line {row}: {error}") from None
+    duplicated = frame["Id"][frame["Id"].duplicated()]
+    if len(duplicated):
+        row = int(duplicated.index[0]) + 2
+        raise PrepareError(f"{path}, line {row}: duplicate Id {duplicated.iloc[0]!r}")
+    if "Target" in columns:
+        for row, target in enumerate(frame["Target"], start=2):
+            try:
+                parse_target(target)
+            except ValueError as error:
+                raise PrepareError(f"{path}, line {row}: {error}") from None
+    return frame[columns]
+
+
+def build_meta(raw: pd.DataFrame, external: bool) -> pd.DataFrame:
+    """Spec 1.4: sorted unique Target, 28 one-hot columns named by LABEL_NAMES, External, and for
+    HPAv18 the antibody (Id before the first '_') and its LabelEncoder code over antibody strings."""
+    meta = pd.DataFrame({"Id": raw["Id"].to_numpy()})
+    meta["Target"] = [format_target(parse_target(t)) for t in raw["Target"]]
+    onehot = targets_to_matrix(meta["Target"]).astype(int)
+    meta = pd.concat([meta, pd.DataFrame(onehot, columns=LABEL_NAMES)], axis=1)
+    meta["External"] = external
+    if external:
+        antibody = meta["Id"].str.split("_").str[0]
+        if not antibody.str.fullmatch(r"\d+").all():
+            bad = meta["Id"][~antibody.str.fullmatch(r"\d+")].iloc[0]
+            raise PrepareError(f"HPAv18 Id {bad!r} does not start with a numeric antibody id")
+        meta["antibody"] = antibody.astype(int)
+        meta["antibody_code"] = LabelEncoder().fit_transform(antibody)
+    return meta
+
+
+# ------------------------------------------------------------------------------------ per-image work
+
+def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
+    """Worker: make the missing resize caches of one image and, if asked, its pHashes and channel stats.
+
+    Returns (key, {size: byte sizes of the 4 cache files}, features or None)."""
+    root, ref, sizes, want_features = args
+    layout = DataLayout(root)
+    cached = {}
+    for size in sizes:
+        if not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
+            if ref.kind == "kaggle":
+                cache_kaggle_image(layout, ref.split, ref.image_id, size)
+            else:
+                cache_external_image(layout, ref.image_id, size)
+        cached[size] = [p.stat().st_size for p in _cache_paths(layout, ref, size)]
+    features = None
+    if want_features:
+        source = "png" if ref.kind == "kaggle" else "external"
+        rgby = read_rgby(layout, ref.image_id, source, ref.split)
+        mean, std = channel_stats(rgby)
+        features = [f"{h:016x}" for h in phash_planes(rgby)] + list(mean) + list(std)
+    return ref.key, cached, features
+
+
+def _cache_paths(layout: DataLayout, ref: ImageRef, size: int) -> list[Path]:
+    if ref.kind == "kaggle":
+        return [layout.kaggle_cache(ref.split, ref.image_id, c, size) for c in COLORS]
+    return [layout.external_cache(ref.image_id, c, size) for c in COLORS]
+
+
+def _manifest_path(layout: DataLayout, size: int) -> Path:
+    return layout.meta_dir / f"cache_manifest_{size}.csv"
+
+
+def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[int]]:
+    path = _manifest_path(layout, size)
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path, dtype={"key": str})
+    return {k: list(v) for k, v in zip(frame["key"], frame[list(COLORS)].to_numpy().tolist(), strict=True)}
+
+
+def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: list[int] | None) -> bool:
+    """Cheap check against the manifest: the four files exist with the recorded byte sizes."""
+    if recorded is None:
+        return False
+    paths = _cache_paths(layout, ref, size)
+    return all(p.is_file() and p.stat().st_size == n for p, n in zip(paths, recorded, strict=True))
+
+
+def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], workers: int,
+                   progress: bool) -> dict[str, list]:
+    """Resize caches for every size and pHash/stat features for every image, skipping finished work.
+
+    Returns {image key: features}; the features and cache manifests are saved under meta/."""
+    feature_path = layout.meta_dir / "image_features.csv"
+    features: dict[str, list] = {}
+    if feature_path.is_file():
+        saved = pd.read_csv(feature_path, dtype={"key": str, **{c: str for c in _FEATURES[:3]}})
+        features = {k: list(v) for k, v in zip(saved["key"], saved[_FEATURES].to_numpy().tolist(),
+                                                 strict=True)}
+    manifests = {size: _load_manifest(layout, size) for size in sizes}
+    tasks = []
+    for ref in refs:
+        todo = [s for s in sizes if not _cache_is_recorded(layout, ref, s, manifests[s].get(ref.key))]
+        if todo or ref.key not in features:
+            tasks.append((str(layout.root), ref, todo, ref.key not in features))
+    workers = workers if len(tasks) >= 64 else 1  # a pool only pays for itself on larger jobs
+    try:
+        with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
+                  disable=not progress or not tasks) as bar:
+            for key, cached, feats in imap_unordered(_image_task, tasks, workers, chunksize=16):
+                for size, byte_sizes in cached.items():
+                    manifests[size][key] = byte_sizes
+                if feats is not None:
+                    features[key] = feats
+                bar.update()
+    finally:  # record finished work even when a bad image stops the run
+        wanted = {ref.key for ref in refs}
+        for size in sizes:
+            rows = [[k, *v] for k, v in sorted(manifests[size].items()) if k in wanted]
+            write_csv_atomic(pd.DataFrame(rows, columns=["key", *COLORS]), _manifest_path(layout, size))
+        rows = [[k, *v] for k, v in sorted(features.items()) if k in wanted]
+        write_csv_atomic(pd.DataFrame(rows, columns=["key", *_FEATURES]), feature_path)
+    return {k: v for k, v in features.items() if k in wanted}
+
+
+# ----------------------------------------------------------------------------------- tables and splits
+
+def _hashes(features: dict[str, list], refs: list[ImageRef]) -> np.ndarray:
+    return np.array([[int(h, 16) for h in features[r.key][:3]] for r in refs], dtype=np.uint64).reshape(-1, 3)
+
+
+def _matches(features, query: list[ImageRef], reference: list[ImageRef], names: tuple[str, str],
+             same_set: bool = False) -> pd.DataFrame:
+    """pHash matches (spec 2: <= 12 on R, G and B) as a table with the reference's column names."""
+    pairs = match_hashes(_hashes(features, query), _hashes(features, reference), exclude_self=same_set)
+    return pd.DataFrame({
+        names[0]: [query[i].image_id for i in pairs["query"]],
+        names[1]: [reference[j].image_id for j in pairs["reference"]],
+        "SimR": pairs["dist_r"], "SimG": pairs["dist_g"], "SimB": pairs["dist_b"],
+    })
+
+
+def test_leak_meta(test_match_external: pd.DataFrame, external_meta: pd.DataFrame) -> pd.DataFrame:
+    """Spec s11 from our own test<->HPAv18 matches: each matched test Id takes its closest HPAv18 image's
+    Target, antibody and antibody_code (closest = smallest summed distance, then Id order)."""
+    closest = (test_match_external.assign(total=lambda d: d["SimR"] + d["SimG"] + d["SimB"])
+               .sort_values(["Test", "total", "Extra"]).drop_duplicates("Test"))
+    joined = closest.merge(external_meta[["Id", "Target", "antibody", "antibody_code"]],
+                           left_on="Extra", right_on="Id", how="left", suffixes=("", "_ext"))
+    return pd.DataFrame({"Id": joined["Test"].to_numpy(), "External": False, "Target": joined["Target"],
+                         "antibody": joined["antibody"], "antibody_code": joined["antibody_code"]})
+
+
+def channel_statistics(features: dict[str, list], refs: list[ImageRef]) -> dict:
+    """Spec 4: per channel (R, G, B, Y), the average of per-image means and of per-image stds."""
+    values = np.array([features[r.key][3:] for r in refs], dtype=np.float64)
+    return {"channels": "RGBY", "images": len(refs), "source": "Kaggle train + test source PNGs",
+            "mean": [round(float(v), 6) for v in values[:, :4].mean(axis=0)],
+            "std": [round(float(v), 6) for v in values[:, 4:].mean(axis=0)]}
+
+
+def _write_folds(folder: Path, folds) -> None:
+    for k, (train, valid) in enumerate(folds):
+        write_csv_atomic(train, folder / f"random_train_cv{k}.csv")
+        write_csv_atomic(valid, folder / f"random_valid_cv{k}.csv")
+
+
+def write_splits(layout: DataLayout, train_meta, external_meta, test_ids, train_match_external) -> None:
+    """Spec 3.1-3.3: 5 folds (plain and noleak/clean), the antibody split and its 'tr' variant."""
+    out = layout.split_dir
+    write_csv_atomic(train_meta[["Id", "Target"]], out / f"train_{len(train_meta)}.csv")
+    write_csv_atomic(pd.DataFrame({"Id": test_ids}), out / f"test_{len(test_ids)}.csv")
+    folds = splits.random_ext_folds(train_meta, external_meta, n_splits=5, seed=FOLD_SEED)
+    _write_folds(out / "random_ext_folds5", folds)
+    clean = splits.noleak_clean_folds(folds, train_match_external, train_meta, external_meta)
+    _write_folds(out / "random_ext_noleak_clean_folds5", clean)
+    antibody_train, antibody_valid = splits.antibody_split(external_meta, seed=FOLD_SEED)
+    write_csv_atomic(pd.concat([antibody_train, antibody_valid]).sort_values("Id"),
+                     out / "external_antibody_split.csv")
+    write_csv_atomic(antibody_train, out / "external_trainset_antibody_split.csv")
+    write_csv_atomic(antibody_valid, out / "external_validset_antibody_split.csv")
+    tr_train, tr_valid = splits.antibody_split_tr(antibody_train, antibody_valid, train_match_external,
+                                                  seed=FOLD_SEED)
+    write_csv_atomic(tr_train, out / "external_tr_trainset_antibody_split.csv")
+    write_csv_atomic(tr_valid, out / "external_tr_validset_antibody_split.csv")
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def default_sizes(layout: DataLayout) -> list[int]:
+    """768 and 1536 for real data; the synthetic dataset's own image size for the demo."""
+    info = layout.raw_dir / "synthetic_info.json"
+    if info.is_file():
+        return [int(json.loads(info.read_text())["image_size"])]
+    return list(REAL_DATA_SIZES)
+
+
+def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
+            progress: bool = True, log=print) -> dict:
+    """Run every preparation step on data_dir; returns a summary (counts of images and matches)."""
+    layout = DataLayout(data_dir)
+    sizes = sorted(set(sizes or default_sizes(layout)))
+    if any(s < 1 for s in sizes):
+        raise PrepareError(f"--sizes must be positive, got {sizes}")
+    workers = workers or os.cpu_count() or 1
+    train_raw = read_raw_csv(layout.train_csv, ["Id", "Target"])
+    test_raw = read_raw_csv(layout.sample_submission_csv, ["Id"])
+    external_raw = read_raw_csv(layout.external_csv, ["Id", "Target"])
+    train_meta, external_meta = build_meta(train_raw, False), build_meta(external_raw, True)
+    test_meta = pd.DataFrame({"Id": test_raw["Id"], "External": False})
+    for name, frame in (("train", train_meta), ("external", external_meta), ("test", test_meta)):
+        write_csv_atomic(frame, layout.meta_dir / f"{name}_meta.csv")
+
+    refs = {"train": [ImageRef("kaggle", "train", i) for i in train_meta["Id"]],
+            "test": [ImageRef("kaggle", "test", i) for i in test_meta["Id"]],
+            "external": [ImageRef("external", "train", i) for i in external_meta["Id"]]}
+    log(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
+        f"resize caches at {sizes}")
+    features = process_images(layout, refs["train"] + refs["test"] + refs["external"], sizes, workers,
+                              progress)
+
+    train_ext = _matches(features, refs["train"], refs["external"], ("Train", "Extra"))
+    test_test = _matches(features, refs["test"], refs["test"], ("Test1", "Test2"), same_set=True)
+    test_ext = _matches(features, refs["test"], refs["external"], ("Test", "Extra"))
+    write_csv_atomic(train_ext, layout.meta_dir / "train_match_external.csv")
+    write_csv_atomic(test_test, layout.meta_dir / "test_match_test.csv")
+    write_csv_atomic(test_ext, layout.meta_dir / "test_match_external.csv")
+    write_csv_atomic(test_leak_meta(test_ext, external_meta), layout.meta_dir / "test_leak_meta.csv")
+
+    write_splits(layout, train_meta, external_meta, test_meta["Id"].tolist(), train_ext)
+    antibody_all = pd.read_csv(layout.split_dir / "external_antibody_split.csv", dtype={"Id": str,
+                                                                                          "Target": str})
+    corrected = antibody_all
+    if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
+        extra = pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False)
+        corrected = splits.correct_external_labels(antibody_all, extra)
+        log(f"label correction from {layout.train_extra_csv.name} (spec 3.4)")
+    write_csv_atomic(corrected, layout.meta_dir / "external_antibody_correct_meta.csv")
+
+    stats = channel_statistics(features, refs["train"] + refs["test"])
+    write_json_atomic(stats, layout.meta_dir / "stats.json")
+    summary = {"train": len(refs["train"]), "test": len(refs["test"]), "external": len(refs["external"]),
+               "train_match_external": len(train_ext), "test_match_test": len(test_test),
+               "test_match_external": len(test_ext), "sizes": sizes}
+    log("matches: {train_match_external} train<->HPAv18, {test_match_test} test<->test (both orders), "
+        "{test_match_external} test<->HPAv18".format(**summary))
+    log(f"channel mean {stats['mean']} std {stats['std']} (R, G, B, Y)")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpa_tf.data.prepare",
+        description="Prepare Kaggle HPA 2018 + HPAv18 data: resize caches, meta, pHash duplicates and "
+                    "leaks, folds, antibody split, channel statistics. Resumable and idempotent.")
+    parser.add_argument("--data-dir", help="dataset root (raw/, train/, test/, external/); default: the "
+                                           "embedded synthetic demo dataset")
+    parser.add_argument("--sizes", type=int, nargs="+", help="resize cache sizes (default: 768 1536 for "
+                                                             "real data, the image size for synthetic)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        from hpa_tf.data.synthetic import ensure_dataset
+
+        args.data_dir = ensure_dataset("demo")
+    start = time.perf_counter()
+    try:
+        prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet)
+    except ValueError as error:  # PrepareError, ImageReadError and input checks of the split functions
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"prepared {args.data_dir} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""`python -m hpa_tf.data.prepare` end to end on the tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_tf.data import prepare
+from hpa_tf.data.io import read_rgby
+from hpa_tf.data.layout import COLORS, DataLayout
+from hpa_tf.data.resize import read_cached_rgby
+from hpa_tf.labels import LABEL_NAMES
+
+SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_dataset, tmp_path_factory):
+    """A prepared copy of the tiny dataset (the session's tiny dataset itself stays raw)."""
+    root = tmp_path_factory.mktemp("prepared") / "tiny"
+    shutil.copytree(tiny_dataset, root)
+    summary = prepare.prepare(root, workers=1, progress=False, log=lambda *_: None)
+    return root, summary
+
+
+def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    return root
+
+
+def _run(root: Path, **kwargs) -> dict:
+    return prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, **kwargs)
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"Id": str, "Target": str}, keep_default_na=False)
+
+
+def _mtimes(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_meta_tables_follow_spec_1_4(prepared):
+    root, _ = prepared
+    meta = DataLayout(root).meta_dir
+    train, external = _csv(meta / "train_meta.csv"), _csv(meta / "external_meta.csv")
+    assert list(train.columns) == ["Id", "Target", *LABEL_NAMES, "External"]
+    assert list(external.columns) == ["Id", "Target", *LABEL_NAMES, "External", "antibody", "antibody_code"]
+    raw = _csv(root / "raw" / "train.csv").set_index("Id")
+    for image_id, target in zip(train["Id"], train["Target"], strict=True):
+        assert target == " ".join(str(c) for c in sorted(int(t) for t in raw.loc[image_id, "Target"].split()))
+    onehot = train[LABEL_NAMES].to_numpy()
+    assert (onehot.sum(axis=1) == train["Target"].str.split().str.len()).all()
+    antibodies = sorted(external["Id"].str.split("_").str[0].unique())  # codes follow string order
+    assert (external["antibody_code"] == external["Id"].str.split("_").str[0].map(antibodies.index)).all()
+    assert (~train["External"].astype(bool)).all() and external["External"].astype(bool).all()
+    test_ids = list(_csv(root / "raw" / "sample_submission.csv")["Id"])
+    assert list(_csv(meta / "test_meta.csv")["Id"]) == test_ids
+
+
+def test_resize_caches_exist_and_tiffs_agree_with_pngs(prepared):
+    root, summary = prepared
+    layout = DataLayout(root)
+    assert summary["sizes"] == [SIZE]
+    for split, csv in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        for image_id in _csv(root / "raw" / csv)["Id"]:
+            assert read_cached_rgby(layout, "kaggle", split, image_id, SIZE).shape == (SIZE, SIZE, 4)
+    for image_id in _csv(root / "raw" / "HPAv18RBGY_wodpl.csv")["Id"][:20]:
+        cached = read_cached_rgby(layout, "external", "train", image_id, SIZE).astype(int)
+        assert np.abs(cached - read_rgby(layout, image_id, "external").astype(int)).mean() < 2
+    tifs = _csv(root / "raw" / "synthetic_antibodies.csv").query("tif != ''")
+    assert set(tifs["tif"]) == {"uint8", "uint16"}
+    for image_id, split in zip(tifs["Id"], tifs["split"], strict=True):
+        from_tif = read_cached_rgby(layout, "kaggle", split, image_id, SIZE).astype(int)
+        png = read_rgby(layout, image_id, "png", split).astype(int)
+        assert np.abs(from_tif - png).max() <= 1  # 8- and 16-bit TIFFs, scaled and resized
+
+
+def test_planted_duplicates_are_recovered_exactly(prepared):
+    root, summary = prepared
+    meta = DataLayout(root).meta_dir
+    planted = _csv(root / "raw" / "synthetic_duplicates.csv")
+
+    def pairs(kind):
+        rows = planted[planted["kind"] == kind]
+        return set(zip(rows["Id1"], rows["Id2"], strict=True))
+
+    train_ext = _csv(meta / "train_match_external.csv")
+    assert list(train_ext.columns) == ["Train", "Extra", "SimR", "SimG", "SimB"]
+    assert set(zip(train_ext["Train"], train_ext["Extra"], strict=True)) == pairs("train_external")
+    assert (train_ext[["SimR", "SimG", "SimB"]].to_numpy() <= 12).all()
+    test_test = _csv(meta / "test_match_test.csv")
+    both_orders = pairs("test_test") | {(b, a) for a, b in pairs("test_test")}
+    assert set(zip(test_test["Test1"], test_test["Test2"], strict=True)) == both_orders
+    test_ext = _csv(meta / "test_match_external.csv")
+    leaks = {(b, a) for a, b in zip(test_ext["Test"], test_ext["Extra"], strict=True)}
+    assert leaks == pairs("test_external")
+    assert summary["train_match_external"] == len(pairs("train_external"))
+
+
+def test_leak_list_gives_the_matched_hpav18_labels(prepared):
+    root, _ = prepared
+    leak = _csv(DataLayout(root).meta_dir / "test_leak_meta.csv")
+    assert list(leak.columns) == ["Id", "External", "Target", "antibody", "antibody_code"]
+    truth = _csv(root / "raw" / "test_truth.csv").set_index("Id")
+    planted = _csv(root / "raw" / "synthetic_duplicates.csv").query("kind == 'test_external'")
+    assert set(leak["Id"]) == set(planted["Id2"])
+    for image_id, target in zip(leak["Id"], leak["Target"], strict=True):
+        assert target == truth.loc[image_id, "Target"]
+
+
+def test_stats_json_equals_a_direct_numpy_computation(prepared):
+    root, _ = prepared
+    layout = DataLayout(root)
+    stats = json.loads((layout.meta_dir / "stats.json").read_text())
+    means, stds = [], []
+    for split, csv in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        for image_id in _csv(root / "raw" / csv)["Id"]:
+            x = read_rgby(layout, image_id, "png", split).astype(np.float64) / 255.0
+            means.append(x.mean(axis=(0, 1)))
+            stds.append(x.std(axis=(0, 1)))
+    np.testing.assert_allclose(stats["mean"], np.mean(means, axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["std"], np.mean(stds, axis=0), atol=1e-6)
+    assert stats["images"] == len(means)
+
+
+def test_splits_are_written(prepared):
+    root, _ = prepared
+    split = DataLayout(root).split_dir
+    raw = root / "raw"
+    train_ids = set(_csv(raw / "train.csv")["Id"]) | set(_csv(raw / "HPAv18RBGY_wodpl.csv")["Id"])
+    for folder in ("random_ext_folds5", "random_ext_noleak_clean_folds5"):
+        valid = [set(_csv(split / folder / f"random_valid_cv{k}.csv")["Id"]) for k in range(5)]
+        for k in range(5):
+            train = set(_csv(split / folder / f"random_train_cv{k}.csv")["Id"])
+            assert not train & valid[k]
+        assert all(not a & b for i, a in enumerate(valid) for b in valid[i + 1:])
+        if folder == "random_ext_folds5":
+            assert set().union(*valid) == train_ids
+    conflicts = _csv(root / "raw" / "synthetic_duplicates.csv").query("not same_labels")["Id2"]
+    for k in range(5):
+        for part in ("train", "valid"):
+            ids = set(_csv(split / "random_ext_noleak_clean_folds5" / f"random_{part}_cv{k}.csv")["Id"])
+            assert not ids & set(conflicts)  # spec 3.2 "clean"
+    antibody = pd.concat([_csv(split / "external_trainset_antibody_split.csv").assign(valid=False),
+                          _csv(split / "external_validset_antibody_split.csv").assign(valid=True)])
+    per_antibody = antibody.groupby("antibody")["valid"].agg(["size", "sum"])
+    assert (per_antibody["sum"] == per_antibody["size"] // 4).all()
+    for name in ("external_tr_trainset_antibody_split.csv", "external_tr_validset_antibody_split.csv",
+                 "external_antibody_split.csv"):
+        assert (split / name).is_file()
+    corrected = _csv(DataLayout(root).meta_dir / "external_antibody_correct_meta.csv")
+    assert corrected.equals(_csv(split / "external_antibody_split.csv"))  # no train_extra.csv: unchanged
+
+
+def test_rerun_is_idempotent_and_repairs_damage(tiny_dataset, tmp_path):
+    root = _copy(tiny_dataset, tmp_path)
+    first = _run(root)
+    before = _mtimes(root)
+    assert _run(root) == first
+    assert _mtimes(root) == before  # nothing rewritten
+    layout = DataLayout(root)
+    image_id = _csv(root / "raw" / "train.csv")["Id"][0]
+    external_id = _csv(root / "raw" / "HPAv18RBGY_wodpl.csv")["Id"][0]
+    damaged = layout.kaggle_cache("train", image_id, "green", SIZE)
+    damaged.write_bytes(damaged.read_bytes()[:50])  # a half-written cache file
+    missing = layout.external_cache(external_id, "blue", SIZE)
+    missing.unlink()
+    _run(root)
+    assert read_cached_rgby(layout, "kaggle", "train", image_id, SIZE).shape == (SIZE, SIZE, 4)
+    assert missing.is_file()
+    changed = {p for p, t in _mtimes(root).items() if before.get(p) != t}
+    redone = {layout.kaggle_cache("train", image_id, c, SIZE) for c in COLORS}
+    redone |= {layout.external_cache(external_id, c, SIZE) for c in COLORS}
+    assert {damaged, missing} <= changed <= redone  # only the two damaged images are redone
+
+
+def test_corrupt_png_fails_naming_the_file(tiny_dataset, tmp_path, capsys):
+    root = _copy(tiny_dataset, tmp_path)
+    image_id = _csv(root / "raw" / "sample_submission.csv")["Id"][5]
+    corrupt = DataLayout(root).kaggle_png("test", image_id, "yellow")
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    assert prepare.main(["--data-dir", str(root), "--quiet", "--workers", "1"]) == 2
+    assert str(corrupt) in capsys.readouterr().err
+    assert not list(root.rglob("*.tmp*"))  # nothing half-written
+
+
+def _edit_csv(path: Path, edit) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(frame).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: pd.concat([f, f.iloc[[3]]]), "line 122: duplicate Id"),
+    (lambda f: f.assign(Target=f["Target"].where(f.index != 6, "3 28")), "line 8: .*'28'"),
+    (lambda f: f.assign(Target=f["Target"].where(f.index != 0, "x")), "line 2: .*'x'"),
+    (lambda f: f.assign(Id=f["Id"].where(f.index != 9, "../etc/passwd")), "line 11: invalid image Id"),
+    (lambda f: f.drop(columns="Target"), r"missing column\(s\) \['Target'\]"),
+])
+def test_bad_raw_csv_rows_are_named(tiny_dataset, tmp_path, edit, message):
+    root = _copy(tiny_dataset, tmp_path)
+    _edit_csv(root / "raw" / "train.csv", edit)
+    with pytest.raises(prepare.PrepareError, match=message) as error:
+        _run(root)
+    assert "train.csv" in str(error.value)
+    assert not (root / "meta").exists()  # failed before writing anything
+
+
+def test_missing_channel_file_is_named(tiny_dataset, tmp_path):
+    root = _copy(tiny_dataset, tmp_path)
+    image_id = _csv(root / "raw" / "HPAv18RBGY_wodpl.csv")["Id"][2]
+    gone = DataLayout(root).external_jpg(image_id, "yellow")
+    gone.unlink()
+    with pytest.raises(ValueError, match=str(gone)):
+        _run(root)
+
+
+def test_label_correction_from_train_extra(tiny_dataset, tmp_path):
+    root = _copy(tiny_dataset, tmp_path)
+    external = _csv(root / "raw" / "HPAv18RBGY_wodpl.csv")
+    first, second = external["Id"][0], external["Id"][1]
+    antibody, rest = first.split("_", 1)
+    pd.DataFrame({"Id": [f"{antibody}/{rest}", second], "Target": ["0 8 25", ""]}).to_csv(
+        root / "raw" / "train_extra.csv", index=False)
+    _run(root)
+    corrected = _csv(DataLayout(root).meta_dir / "external_antibody_correct_meta.csv").set_index("Id")
+    old = external.set_index("Id")["Target"]
+    expected_first = sorted({0, 25} | ({8} & {int(t) for t in old[first].split()}))
+    expected_first = sorted(set(expected_first) | ({9, 10, 20, 26} & {int(t) for t in old[first].split()}))
+    assert corrected.loc[first, "Target"] == " ".join(map(str, expected_first))
+    assert corrected.loc[second, "Target"] == old[second]  # an empty new Target keeps the old one
+
+
+def test_cli_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        prepare.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--data-dir", "--sizes", "--workers"):
+        assert option in out
