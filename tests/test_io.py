@@ -207,7 +207,7 @@ def test_read_tif_16bit_values(tmp_path):
     assert got[2, 0] == 255 and (got[2, 1:] == 0).all() and (got[3] == 0).all()
 
 
-@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("compression", [None, "zlib", "lzw", "packbits"])  # lzw/packbits: imagecodecs
 def test_read_tif_random_16bit_equals_rounded_scale(tmp_path, compression):
     rng = np.random.default_rng(70)
     smooth = np.asarray(

@@ -248,7 +248,7 @@ def test_kaggle_cache_failed_write_leaves_no_file(tmp_path, monkeypatch):
     layout, _, _ = _kaggle_fixture(tmp_path, np.uint8, with_tif=False)
 
     def broken_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG half")
+        Path(fp).write_bytes(b"\x89PNG half")  # a half-written temp file
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)

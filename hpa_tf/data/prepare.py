@@ -28,7 +28,13 @@ from hpa_tf.data import splits
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import COLORS, DataLayout, validate_id
-from hpa_tf.data.resize import cache_external_image, cache_is_complete, cache_kaggle_image, channel_stats
+from hpa_tf.data.resize import (
+    cache_external_image,
+    cache_is_complete,
+    cache_kaggle_image,
+    cache_paths,
+    channel_stats,
+)
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
 from hpa_tf.parallel import imap_unordered
 
@@ -115,7 +121,8 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
                 cache_kaggle_image(layout, ref.split, ref.image_id, size)
             else:
                 cache_external_image(layout, ref.image_id, size)
-        cached[size] = [p.stat().st_size for p in _cache_paths(layout, ref, size)]
+        paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
+        cached[size] = [p.stat().st_size for p in paths]
     features = None
     if want_features:
         source = "png" if ref.kind == "kaggle" else "external"
@@ -123,12 +130,6 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
         mean, std = channel_stats(rgby)
         features = [f"{h:016x}" for h in phash_planes(rgby)] + list(mean) + list(std)
     return ref.key, cached, features
-
-
-def _cache_paths(layout: DataLayout, ref: ImageRef, size: int) -> list[Path]:
-    if ref.kind == "kaggle":
-        return [layout.kaggle_cache(ref.split, ref.image_id, c, size) for c in COLORS]
-    return [layout.external_cache(ref.image_id, c, size) for c in COLORS]
 
 
 def _manifest_path(layout: DataLayout, size: int) -> Path:
@@ -147,7 +148,7 @@ def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: l
     """Cheap check against the manifest: the four files exist with the recorded byte sizes."""
     if recorded is None:
         return False
-    paths = _cache_paths(layout, ref, size)
+    paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
     return all(p.is_file() and p.stat().st_size == n for p, n in zip(paths, recorded, strict=True))
 
 

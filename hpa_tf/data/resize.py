@@ -6,13 +6,12 @@ either the old file, no file, or a stray hidden `.tmp` file; `cache_is_complete`
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from hpa_tf.atomic import write_atomic
 from hpa_tf.data.io import ImageReadError, read_gray, read_plane_jpg, read_rgby, stack_channels
 from hpa_tf.data.layout import COLORS, DataLayout
 
@@ -72,17 +71,10 @@ def resize_bilinear(plane: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _write_atomic(path: Path, plane: np.ndarray, fmt: str, **save_kwargs) -> None:
-    """Write a uint8 (H, W) plane as an 8-bit grayscale image: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8)).save(f, format=fmt, **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_image(path: Path, plane: np.ndarray, fmt: str, **save_kwargs) -> None:
+    """Write a uint8 (H, W) plane as an 8-bit grayscale image, atomically."""
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8))
+    write_atomic(path, lambda temp: image.save(temp, format=fmt, **save_kwargs))
 
 
 def cache_kaggle_image(layout: DataLayout, split: str, image_id: str, size: int) -> None:
@@ -94,14 +86,14 @@ def cache_kaggle_image(layout: DataLayout, split: str, image_id: str, size: int)
     rgby = read_rgby(layout, image_id, "tif" if tifs else "png", split)  # raises naming a bad file
     for c, color in enumerate(COLORS):
         plane = resize_bilinear(rgby[..., c], size)
-        _write_atomic(layout.kaggle_cache(split, image_id, color, size), plane, "PNG")
+        _write_image(layout.kaggle_cache(split, image_id, color, size), plane, "PNG", compress_level=1)
 
 
 def cache_external_image(layout: DataLayout, image_id: str, size: int) -> None:
     """Write the size x size grayscale JPEG (quality 85) cache of one HPAv18 image (spec 1.3)."""
     planes = [read_plane_jpg(layout.external_jpg(image_id, color), color) for color in COLORS]
     for color, plane in zip(COLORS, planes, strict=True):
-        _write_atomic(
+        _write_image(
             layout.external_cache(image_id, color, size),
             resize_bilinear(plane, size),
             "JPEG",
@@ -109,7 +101,7 @@ def cache_external_image(layout: DataLayout, image_id: str, size: int) -> None:
         )
 
 
-def _cache_paths(layout: DataLayout, kind: str, split: str, image_id: str, size: int) -> dict[str, Path]:
+def cache_paths(layout: DataLayout, kind: str, split: str, image_id: str, size: int) -> dict[str, Path]:
     """{color: cache file} of one image; `split` is not used for kind "external" (always train)."""
     if kind == "kaggle":
         return {color: layout.kaggle_cache(split, image_id, color, size) for color in COLORS}
@@ -134,7 +126,7 @@ def cache_is_complete(layout: DataLayout, kind: str, split: str, image_id: str, 
 
     A missing, truncated, corrupt or wrong-size file gives False (never an exception); a bad `kind` raises.
     """
-    for path in _cache_paths(layout, kind, split, image_id, size).values():
+    for path in cache_paths(layout, kind, split, image_id, size).values():
         try:
             _read_sized(path, int(size))
         except ImageReadError:
@@ -144,7 +136,7 @@ def cache_is_complete(layout: DataLayout, kind: str, split: str, image_id: str, 
 
 def read_cached_rgby(layout: DataLayout, kind: str, split: str, image_id: str, size: int) -> np.ndarray:
     """Read one image's 4 cache files as uint8 (size, size, 4); ImageReadError names a missing/bad file."""
-    paths = _cache_paths(layout, kind, split, image_id, size)
+    paths = cache_paths(layout, kind, split, image_id, size)
     return stack_channels(paths, lambda p: _read_sized(p, int(size)), name=image_id)
 
 
