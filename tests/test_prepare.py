@@ -244,3 +244,14 @@ def test_cli_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--data-dir", "--sizes", "--workers"):
         assert option in out
+
+
+def test_rerun_notices_a_source_corrupted_after_preparation(tiny_dataset, tmp_path):
+    root = _copy(tiny_dataset, tmp_path)
+    _run(root)
+    layout = DataLayout(root)
+    image_id = _csv(root / "raw" / "train.csv")["Id"][7]
+    corrupt = layout.kaggle_png("train", image_id, "red")
+    corrupt.write_bytes(corrupt.read_bytes()[:80])
+    with pytest.raises(ValueError, match=str(corrupt)):
+        _run(root)

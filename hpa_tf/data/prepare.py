@@ -11,6 +11,7 @@ redoes anything missing or damaged, and rewrites no file whose content is unchan
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -109,14 +110,13 @@ def build_meta(raw: pd.DataFrame, external: bool) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ per-image work
 
 def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
-    """Worker: make the missing resize caches of one image and, if asked, its pHashes and channel stats.
-
-    Returns (key, {size: byte sizes of the 4 cache files}, features or None)."""
-    root, ref, sizes, want_features = args
+    """Worker: make the missing (or, when forced, all) resize caches of one image and, if asked, its
+    pHashes and channel stats. Returns (key, {size: byte sizes of the 4 cache files}, features or None)."""
+    root, ref, sizes, want_features, force = args
     layout = DataLayout(root)
     cached = {}
     for size in sizes:
-        if not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
+        if force or not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
             if ref.kind == "kaggle":
                 cache_kaggle_image(layout, ref.split, ref.image_id, size)
             else:
@@ -132,15 +132,40 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
     return ref.key, cached, features
 
 
+def source_signature(layout: DataLayout, ref: ImageRef) -> str:
+    """Sizes and modification times of an image's source files: when they change, the image is redone."""
+    if ref.kind == "external":
+        paths = [layout.external_jpg(ref.image_id, c) for c in COLORS]
+    else:
+        paths = [layout.kaggle_png(ref.split, ref.image_id, c) for c in COLORS]
+        paths += [layout.kaggle_tif(ref.split, ref.image_id, c) for c in COLORS]
+    parts = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            parts.append(f"{stat.st_size}.{stat.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append("-")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
 def _manifest_path(layout: DataLayout, size: int) -> Path:
     return layout.meta_dir / f"cache_manifest_{size}.csv"
 
 
-def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[int]]:
-    path = _manifest_path(layout, size)
+def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    """A bookkeeping CSV of an earlier run, or None when absent or not in the expected format."""
     if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str)
+    return frame if list(frame.columns) == columns else None
+
+
+def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[int]]:
+    frame = _read_saved(_manifest_path(layout, size), ["key", *COLORS])
+    if frame is None:
         return {}
-    frame = pd.read_csv(path, dtype={"key": str})
+    frame[list(COLORS)] = frame[list(COLORS)].astype(int)
     return {k: list(v) for k, v in zip(frame["key"], frame[list(COLORS)].to_numpy().tolist(), strict=True)}
 
 
@@ -159,16 +184,24 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
     Returns {image key: features}; the features and cache manifests are saved under meta/."""
     feature_path = layout.meta_dir / "image_features.csv"
     features: dict[str, list] = {}
-    if feature_path.is_file():
-        saved = pd.read_csv(feature_path, dtype={"key": str, **{c: str for c in _FEATURES[:3]}})
-        features = {k: list(v) for k, v in zip(saved["key"], saved[_FEATURES].to_numpy().tolist(),
-                                                 strict=True)}
+    sources: dict[str, str] = {}
+    saved = _read_saved(feature_path, ["key", "source", *_FEATURES])
+    if saved is not None:
+        saved[_FEATURES[3:]] = saved[_FEATURES[3:]].astype(float)
+        features = dict(zip(saved["key"], saved[_FEATURES].to_numpy().tolist(), strict=True))
+        sources = dict(zip(saved["key"], saved["source"], strict=True))
     manifests = {size: _load_manifest(layout, size) for size in sizes}
     tasks = []
     for ref in refs:
+        signature = source_signature(layout, ref)
+        if sources.get(ref.key) != signature:  # new image, or its source files changed: redo everything
+            features.pop(ref.key, None)
+            sources[ref.key] = signature
+            tasks.append((str(layout.root), ref, sizes, True, True))
+            continue
         todo = [s for s in sizes if not _cache_is_recorded(layout, ref, s, manifests[s].get(ref.key))]
         if todo or ref.key not in features:
-            tasks.append((str(layout.root), ref, todo, ref.key not in features))
+            tasks.append((str(layout.root), ref, todo, ref.key not in features, False))
     workers = workers if len(tasks) >= 64 else 1  # a pool only pays for itself on larger jobs
     try:
         with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
@@ -184,8 +217,8 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
         for size in sizes:
             rows = [[k, *v] for k, v in sorted(manifests[size].items()) if k in wanted]
             write_csv_atomic(pd.DataFrame(rows, columns=["key", *COLORS]), _manifest_path(layout, size))
-        rows = [[k, *v] for k, v in sorted(features.items()) if k in wanted]
-        write_csv_atomic(pd.DataFrame(rows, columns=["key", *_FEATURES]), feature_path)
+        rows = [[k, sources[k], *v] for k, v in sorted(features.items()) if k in wanted]
+        write_csv_atomic(pd.DataFrame(rows, columns=["key", "source", *_FEATURES]), feature_path)
     return {k: v for k, v in features.items() if k in wanted}
 
 
