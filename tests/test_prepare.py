@@ -19,15 +19,6 @@ from hpa_tf.labels import LABEL_NAMES
 SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
 
 
-@pytest.fixture(scope="session")
-def prepared(tiny_dataset, tmp_path_factory):
-    """A prepared copy of the tiny dataset (the session's tiny dataset itself stays raw)."""
-    root = tmp_path_factory.mktemp("prepared") / "tiny"
-    shutil.copytree(tiny_dataset, root)
-    summary = prepare.prepare(root, workers=1, progress=False, log=lambda *_: None)
-    return root, summary
-
-
 def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset, root)

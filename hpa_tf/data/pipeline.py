@@ -68,12 +68,22 @@ def cache_files(source: Source, frame: pd.DataFrame) -> np.ndarray:
 
 def read_image(paths: tf.Tensor, size: int) -> tf.Tensor:
     """Read and stack the 4 grayscale channel files (PNG or JPEG): uint8 [size, size, 4]."""
-    planes = [tf.io.decode_image(tf.io.read_file(paths[c]), channels=1, expand_animations=False)
-              for c in range(4)]
-    image = tf.concat(planes, axis=-1)
-    tf.debugging.assert_equal(tf.shape(image)[:2], [size, size],
-                              message=f"cache image is not {size}x{size}")
-    return tf.ensure_shape(image, [size, size, 4])
+    planes = []
+    for c in range(4):
+        plane = _decode_gray(paths[c])
+        right_size = tf.reduce_all(tf.equal(tf.shape(plane)[:2], [size, size]))
+        check = tf.debugging.Assert(right_size, [f"cache image is not {size}x{size}:", paths[c]])
+        with tf.control_dependencies([check]):
+            planes.append(tf.identity(plane))
+    return tf.ensure_shape(tf.concat(planes, axis=-1), [size, size, 4])
+
+
+def _decode_gray(path: tf.Tensor) -> tf.Tensor:
+    """One 8-bit grayscale PNG or JPEG; JPEGs with the accurate integer IDCT, as PIL decodes them."""
+    data = tf.io.read_file(path)
+    return tf.cond(tf.strings.regex_full_match(path, r".*\.jpe?g"),
+                   lambda: tf.io.decode_jpeg(data, channels=1, dct_method="INTEGER_ACCURATE"),
+                   lambda: tf.io.decode_png(data, channels=1))
 
 
 def frame_labels(frame: pd.DataFrame) -> np.ndarray:
@@ -210,7 +220,7 @@ def _shuffle_buffer(source: Source, frame: pd.DataFrame) -> int:
     """Whole-split shuffle for file lists (cheap: paths); a bounded buffer over decoded TFRecords."""
     if not source.tfrecords:
         return len(frame)
-    return max(1, min(len(frame), 4096 * 768**2 // source.img_size**2))  # ~7 GB of 768 px images
+    return max(1, min(len(frame), 2048 * 768**2 // source.img_size**2))  # ~5 GB of uint8 images
 
 
 def valid_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_size: int,
