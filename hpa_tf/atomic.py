@@ -24,10 +24,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     temp = Path(name)
     try:
         write(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> bool:

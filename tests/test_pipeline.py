@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hpa_tf.data import pipeline
+from hpa_tf.data import pipeline, prepare
 from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import read_cached_rgby
 
@@ -203,7 +203,7 @@ def test_two_replicas_each_get_half_of_the_global_batch(prepared):
         import numpy as np, pandas as pd, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from hpa_tf.data import pipeline
+        from hpa_tf.data import pipeline, prepare
         from hpa_tf.data.layout import DataLayout
         layout = DataLayout({str(root)!r})
         frame = pd.read_csv(layout.split_dir / "random_ext_folds5" / "random_train_cv0.csv")
@@ -225,3 +225,22 @@ def test_two_replicas_each_get_half_of_the_global_batch(prepared):
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_csv(DataLayout(root).split_dir / "random_ext_folds5" / "random_train_cv0.csv")
     assert f"steps {len(frame) // 8}" in done.stdout
+
+
+def test_tfrecord_shards_give_the_same_examples_as_the_files(prepared):
+    root, _ = prepared
+    layout = DataLayout(root)
+    prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, tfrecords=True)
+    frame = pd.read_csv(layout.split_dir / "random_ext_folds5" / "random_valid_cv3.csv")
+
+    def examples(tfrecords):
+        source = pipeline.Source(layout, SIZE, tfrecords=tfrecords)
+        pairs = [(x.tobytes(), y.tobytes()) for xs, ys in pipeline.valid_dataset(source, frame, SIZE, 8)
+                 for x, y in zip(xs.numpy(), ys.numpy(), strict=True)]
+        return sorted(pairs)
+
+    from_files, from_shards = examples(False), examples(True)
+    assert len(from_files) == len(frame) and from_files == from_shards
+    train = pipeline.train_dataset(pipeline.Source(layout, SIZE, tfrecords=True), frame, 48, 4, seed=1)
+    assert sum(int(x.shape[0]) for x, _ in train) == len(frame) // 4 * 4
+

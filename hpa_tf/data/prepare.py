@@ -295,8 +295,10 @@ def default_sizes(layout: DataLayout) -> list[int]:
 
 
 def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
-            progress: bool = True, log=print) -> dict:
-    """Run every preparation step on data_dir; returns a summary (counts of images and matches)."""
+            progress: bool = True, log=print, tfrecords: bool = False) -> dict:
+    """Run every preparation step on data_dir; returns a summary (counts of images and matches).
+
+    With tfrecords, also writes TFRecord shards of the caches of every group and size."""
     layout = DataLayout(data_dir)
     sizes = sorted(set(sizes or default_sizes(layout)))
     if any(s < 1 for s in sizes):
@@ -336,6 +338,17 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
         log(f"label correction from {layout.train_extra_csv.name} (spec 3.4)")
     write_csv_atomic(corrected, layout.meta_dir / "external_antibody_correct_meta.csv")
 
+    if tfrecords:  # imported here: TensorFlow is loaded only when asked for
+        from hpa_tf.data.tfrecords import shard_paths, write_tfrecords
+
+        for size in sizes:
+            for group, group_refs in refs.items():
+                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress)
+                shards = shard_paths(layout, group, size)
+                megabytes = sum(p.stat().st_size for p in shards) / 2**20
+                log(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "
+                    f"{megabytes:.1f} MB in {folder}")
+
     stats = channel_statistics(features, refs["train"] + refs["test"])
     write_json_atomic(stats, layout.meta_dir / "stats.json")
     summary = {"train": len(refs["train"]), "test": len(refs["test"]), "external": len(refs["external"]),
@@ -358,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                                                              "real data, the image size for synthetic)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--tfrecords", action="store_true",
+                        help="also write TFRecord shards of the resize caches, for clusters and remote "
+                             "storage")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         from hpa_tf.data.synthetic import ensure_dataset
@@ -365,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = ensure_dataset("demo")
     start = time.perf_counter()
     try:
-        prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet)
+        prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords)
     except ValueError as error:  # PrepareError, ImageReadError and input checks of the split functions
         print(f"error: {error}", file=sys.stderr)
         return 2
