@@ -94,21 +94,27 @@ def frame_labels(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _images(source: Source, frame: pd.DataFrame, targets: np.ndarray,
-            input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """(uint8 image, target, row index) for every row of a frame, sharded per input pipeline."""
+            input_context: tf.distribute.InputContext | None = None,
+            shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(uint8 image, target, row index) for every row of a frame, sharded per input pipeline, and
+    shuffled (anew each epoch) when a seed is given: file lists before decoding, so memory stays small."""
     if source.tfrecords:
-        return _tfrecord_images(source, frame, targets, input_context)
+        return _tfrecord_images(source, frame, targets, input_context, shuffle_seed)
     index = np.arange(len(frame), dtype=np.int64)
     ds = tf.data.Dataset.from_tensor_slices((cache_files(source, frame).astype(str), targets, index))
     if input_context is not None and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(frame), seed=shuffle_seed, reshuffle_each_iteration=True)
     size = source.img_size
     return ds.map(lambda paths, y, i: (read_image(paths, size), y, i), num_parallel_calls=AUTOTUNE)
 
 
 def _tfrecord_images(source: Source, frame: pd.DataFrame, targets: np.ndarray,
-                     input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
-    """Like _images, from the TFRecord shards: records whose Id is in the frame, in shard order."""
+                     input_context: tf.distribute.InputContext | None,
+                     shuffle_seed: int | None) -> tf.data.Dataset:
+    """Like _images, from the TFRecord shards: records whose Id is in the frame, in shard order (or
+    shuffled: shard order, then a bounded buffer of decoded images)."""
     from hpa_tf.data import tfrecords  # the shards are optional; only this path needs the module
 
     external = _is_external(frame)
@@ -121,6 +127,8 @@ def _tfrecord_images(source: Source, frame: pd.DataFrame, targets: np.ndarray,
     sharded_files = input_context is not None and input_context.num_input_pipelines > 1
     if sharded_files and len(files) >= input_context.num_input_pipelines:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 4), num_parallel_calls=AUTOTUNE)
     if sharded_files and len(files) < input_context.num_input_pipelines:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -132,6 +140,9 @@ def _tfrecord_images(source: Source, frame: pd.DataFrame, targets: np.ndarray,
         return image, table.lookup(image_id)
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE).filter(lambda image, i: i >= 0)
+    if shuffle_seed is not None:
+        buffer = max(1, min(len(frame), 512 * 768**2 // size**2))  # ~1.2 GB of uint8 images
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.map(lambda image, i: (image, tf.gather(targets, i), i))
 
 
@@ -201,8 +212,7 @@ def train_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_siz
     the 8 dihedral transforms uniformly; batches (images [B, crop, crop, 4], labels [B, 28]) with
     drop_remainder. batch_size is global; under a strategy each replica gets its share."""
     img_size = source.img_size
-    images = _images(source, frame, frame_labels(frame), input_context)
-    images = images.shuffle(_shuffle_buffer(source, frame), seed=seed, reshuffle_each_iteration=True)
+    images = _images(source, frame, frame_labels(frame), input_context, shuffle_seed=seed)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(example, pair):
@@ -214,13 +224,6 @@ def train_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_siz
     ds = tf.data.Dataset.zip((images, seeds)).map(augment, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(_per_replica(batch_size, input_context), drop_remainder=True)
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
-
-
-def _shuffle_buffer(source: Source, frame: pd.DataFrame) -> int:
-    """Whole-split shuffle for file lists (cheap: paths); a bounded buffer over decoded TFRecords."""
-    if not source.tfrecords:
-        return len(frame)
-    return max(1, min(len(frame), 2048 * 768**2 // source.img_size**2))  # ~5 GB of uint8 images
 
 
 def valid_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_size: int,
@@ -269,10 +272,8 @@ def metric_dataset(source: Source, frame: pd.DataFrame, batch_size: int, trainin
     """Metric learning (spec 5.5): the whole image at img_size, D4 augmentation when training, no crop;
     batches (images, antibody_code int32)."""
     codes = frame["antibody_code"].astype(int).to_numpy().astype(np.int32)
-    images = _images(source, frame, codes, input_context)
+    images = _images(source, frame, codes, input_context, shuffle_seed=seed if training else None)
     size = source.img_size
-    if training:
-        images = images.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def prepare(example, pair):
