@@ -26,9 +26,8 @@ Loaders, each producing batches (images float32 [B, crop, crop, 4] in [0, 1], la
   ours (TFRecord)       `train_dataset(Source(layout, size, tfrecords=True), frame, crop, B)`
 
 Each measurement times one whole epoch of the rows (floor(rows / B) batches) from the first request to
-the last batch: our training dataset shuffles the decoded images with a buffer as large as the split, so
-its first batch waits for (nearly) every image to be decoded, and a rate measured after that batch would
-leave decoding out. Excluded are the construction of the loader and a warm-up (one batch from a dataset
+the last batch, so that start-up latency (decoding ahead, filling buffers) counts for every loader.
+Excluded are the construction of the loader and a warm-up (one batch from a dataset
 of B rows for ours; starting the pool and one batch through it for the reference-style loader). The
 loaders take turns, in a rotated order each round, and the median rate over the rounds is reported.
 """
