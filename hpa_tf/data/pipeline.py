@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from hpa_tf.data.layout import COLORS, DataLayout
+from hpa_tf.data.layout import DataLayout
+from hpa_tf.data.resize import cache_paths
 from hpa_tf.labels import targets_to_matrix
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -56,13 +57,9 @@ def _is_external(frame: pd.DataFrame) -> np.ndarray:
 
 def cache_files(source: Source, frame: pd.DataFrame) -> np.ndarray:
     """[N, 4] cache file paths (R, G, B, Y) of a split's rows, as the reference picks them (spec 1.5)."""
-    layout, size = source.layout, source.img_size
-    rows = []
-    for image_id, external in zip(frame["Id"], _is_external(frame), strict=True):
-        if external:
-            rows.append([str(layout.external_cache(image_id, c, size)) for c in COLORS])
-        else:
-            rows.append([str(layout.kaggle_cache(source.kaggle_split, image_id, c, size)) for c in COLORS])
+    rows = [[str(p) for p in cache_paths(source.layout, "external" if external else "kaggle",
+                                         source.kaggle_split, image_id, source.img_size).values()]
+            for image_id, external in zip(frame["Id"], _is_external(frame), strict=True)]
     return np.array(rows, dtype=object).reshape(-1, 4)
 
 

@@ -29,15 +29,9 @@ from hpa_tf.data import splits
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import COLORS, DataLayout, validate_id
-from hpa_tf.data.resize import (
-    cache_external_image,
-    cache_is_complete,
-    cache_kaggle_image,
-    cache_paths,
-    channel_stats,
-)
+from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
-from hpa_tf.parallel import imap_unordered
+from hpa_tf.parallel import imap
 
 REAL_DATA_SIZES = (768, 1536)  # what the i768 and i1536 training profiles read (spec 1.2)
 FOLD_SEED = 100  # random_state of every split in the reference (spec 3)
@@ -114,19 +108,23 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
     pHashes and channel stats. Returns (key, {size: byte sizes of the 4 cache files}, features or None)."""
     root, ref, sizes, want_features, force = args
     layout = DataLayout(root)
+    sources: dict[str, np.ndarray] = {}  # each source image is read once, whatever the number of sizes
+
+    def read(source: str) -> np.ndarray:
+        if source not in sources:
+            sources[source] = read_rgby(layout, ref.image_id, source, ref.split)
+        return sources[source]
+
     cached = {}
     for size in sizes:
         if force or not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
-            if ref.kind == "kaggle":
-                cache_kaggle_image(layout, ref.split, ref.image_id, size)
-            else:
-                cache_external_image(layout, ref.image_id, size)
+            rgby = read(cache_source(layout, ref.kind, ref.split, ref.image_id))
+            write_cache(layout, ref.kind, ref.split, ref.image_id, size, rgby)
         paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
         cached[size] = [p.stat().st_size for p in paths]
     features = None
-    if want_features:
-        source = "png" if ref.kind == "kaggle" else "external"
-        rgby = read_rgby(layout, ref.image_id, source, ref.split)
+    if want_features:  # spec 2 and 4: from the Kaggle PNGs (not the TIFFs) and the HPAv18 JPEGs
+        rgby = read("png" if ref.kind == "kaggle" else "external")
         mean, std = channel_stats(rgby)
         features = [f"{h:016x}" for h in phash_planes(rgby)] + list(mean) + list(std)
     return ref.key, cached, features
@@ -206,7 +204,7 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
     try:
         with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
                   disable=not progress or not tasks) as bar:
-            for key, cached, feats in imap_unordered(_image_task, tasks, workers, chunksize=16):
+            for key, cached, feats in imap(_image_task, tasks, workers, chunksize=16):
                 for size, byte_sizes in cached.items():
                     manifests[size][key] = byte_sizes
                 if feats is not None:
@@ -264,8 +262,11 @@ def _write_folds(folder: Path, folds) -> None:
         write_csv_atomic(valid, folder / f"random_valid_cv{k}.csv")
 
 
-def write_splits(layout: DataLayout, train_meta, external_meta, test_ids, train_match_external) -> None:
-    """Spec 3.1-3.3: 5 folds (plain and noleak/clean), the antibody split and its 'tr' variant."""
+def write_splits(layout: DataLayout, train_meta, external_meta, test_ids,
+                 train_match_external) -> pd.DataFrame:
+    """Spec 3.1-3.3: 5 folds (plain and noleak/clean), the antibody split and its 'tr' variant.
+
+    Returns the whole antibody split (train and valid rows), the input of the label correction."""
     out = layout.split_dir
     write_csv_atomic(train_meta[["Id", "Target"]], out / f"train_{len(train_meta)}.csv")
     write_csv_atomic(pd.DataFrame({"Id": test_ids}), out / f"test_{len(test_ids)}.csv")
@@ -274,14 +275,15 @@ def write_splits(layout: DataLayout, train_meta, external_meta, test_ids, train_
     clean = splits.noleak_clean_folds(folds, train_match_external, train_meta, external_meta)
     _write_folds(out / "random_ext_noleak_clean_folds5", clean)
     antibody_train, antibody_valid = splits.antibody_split(external_meta, seed=FOLD_SEED)
-    write_csv_atomic(pd.concat([antibody_train, antibody_valid]).sort_values("Id"),
-                     out / "external_antibody_split.csv")
+    antibody_all = pd.concat([antibody_train, antibody_valid]).sort_values("Id")
+    write_csv_atomic(antibody_all, out / "external_antibody_split.csv")
     write_csv_atomic(antibody_train, out / "external_trainset_antibody_split.csv")
     write_csv_atomic(antibody_valid, out / "external_validset_antibody_split.csv")
     tr_train, tr_valid = splits.antibody_split_tr(antibody_train, antibody_valid, train_match_external,
                                                   seed=FOLD_SEED)
     write_csv_atomic(tr_train, out / "external_tr_trainset_antibody_split.csv")
     write_csv_atomic(tr_valid, out / "external_tr_validset_antibody_split.csv")
+    return antibody_all
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -328,9 +330,7 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     write_csv_atomic(test_ext, layout.meta_dir / "test_match_external.csv")
     write_csv_atomic(test_leak_meta(test_ext, external_meta), layout.meta_dir / "test_leak_meta.csv")
 
-    write_splits(layout, train_meta, external_meta, test_meta["Id"].tolist(), train_ext)
-    antibody_all = pd.read_csv(layout.split_dir / "external_antibody_split.csv", dtype={"Id": str,
-                                                                                          "Target": str})
+    antibody_all = write_splits(layout, train_meta, external_meta, test_meta["Id"].tolist(), train_ext)
     corrected = antibody_all
     if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
         extra = pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False)

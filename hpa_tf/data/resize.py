@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from hpa_tf.atomic import write_atomic
-from hpa_tf.data.io import ImageReadError, read_gray, read_plane_jpg, read_rgby, stack_channels
+from hpa_tf.data.io import ImageReadError, read_gray, read_rgby, stack_channels
 from hpa_tf.data.layout import COLORS, DataLayout
 
 KINDS = ("kaggle", "external")  # Kaggle PNG caches, HPAv18 JPEG caches
@@ -77,28 +77,38 @@ def _write_image(path: Path, plane: np.ndarray, fmt: str, **save_kwargs) -> None
     write_atomic(path, lambda temp: image.save(temp, format=fmt, **save_kwargs))
 
 
-def cache_kaggle_image(layout: DataLayout, split: str, image_id: str, size: int) -> None:
-    """Write the PNG cache of one Kaggle image (spec 1.2): from its TIFFs if all 4 exist, else PNGs.
-
-    A channel already at `size` keeps its pixels unchanged (the PNG is re-encoded, not byte-copied).
-    """
+def cache_source(layout: DataLayout, kind: str, split: str, image_id: str) -> str:
+    """The read_rgby source a cache is made from: Kaggle full-size TIFFs when all 4 exist, else the PNGs
+    (spec 1.2); HPAv18 raw JPEGs (spec 1.3)."""
+    if kind == "external":
+        return "external"
     tifs = all(layout.kaggle_tif(split, image_id, color).is_file() for color in COLORS)
-    rgby = read_rgby(layout, image_id, "tif" if tifs else "png", split)  # raises naming a bad file
-    for c, color in enumerate(COLORS):
-        plane = resize_bilinear(rgby[..., c], size)
-        _write_image(layout.kaggle_cache(split, image_id, color, size), plane, "PNG", compress_level=1)
+    return "tif" if tifs else "png"
+
+
+def write_cache(layout: DataLayout, kind: str, split: str, image_id: str, size: int,
+                rgby: np.ndarray) -> None:
+    """Resize an RGBY source image and write its 4 cache files atomically: 8-bit PNGs for Kaggle, grayscale
+    JPEGs of quality 85 for HPAv18. A channel already at `size` keeps its pixels (re-encoded)."""
+    paths = cache_paths(layout, kind, split, image_id, size)  # raises on an unknown kind
+    if kind == "kaggle":
+        fmt, options = "PNG", {"compress_level": 1}
+    else:
+        fmt, options = "JPEG", {"quality": EXTERNAL_JPEG_QUALITY}
+    for c, path in enumerate(paths.values()):
+        _write_image(path, resize_bilinear(rgby[..., c], size), fmt, **options)
+
+
+def cache_kaggle_image(layout: DataLayout, split: str, image_id: str, size: int) -> None:
+    """Write the PNG cache of one Kaggle image (spec 1.2): from its TIFFs if all 4 exist, else PNGs."""
+    source = cache_source(layout, "kaggle", split, image_id)
+    rgby = read_rgby(layout, image_id, source, split)  # raises naming a bad file
+    write_cache(layout, "kaggle", split, image_id, size, rgby)
 
 
 def cache_external_image(layout: DataLayout, image_id: str, size: int) -> None:
     """Write the size x size grayscale JPEG (quality 85) cache of one HPAv18 image (spec 1.3)."""
-    planes = [read_plane_jpg(layout.external_jpg(image_id, color), color) for color in COLORS]
-    for color, plane in zip(COLORS, planes, strict=True):
-        _write_image(
-            layout.external_cache(image_id, color, size),
-            resize_bilinear(plane, size),
-            "JPEG",
-            quality=EXTERNAL_JPEG_QUALITY,
-        )
+    write_cache(layout, "external", "train", image_id, size, read_rgby(layout, image_id, "external"))
 
 
 def cache_paths(layout: DataLayout, kind: str, split: str, image_id: str, size: int) -> dict[str, Path]:

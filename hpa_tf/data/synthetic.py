@@ -30,7 +30,7 @@ from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.labels import KAGGLE_TRAIN_COUNTS, NUM_CLASSES, format_target
-from hpa_tf.parallel import imap_unordered
+from hpa_tf.parallel import imap
 
 DATA_ENV = "HPA_TF_DATA"
 JPEG_PLANE = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}  # yellow: R+G planes (spec 1.3)
@@ -424,7 +424,7 @@ def _run(tasks: list[dict], workers: int, desc: str, progress: bool) -> dict[str
     hashes: dict[str, np.ndarray] = {}
     by_field = {task["field"]: task for task in tasks}
     with tqdm(total=sum(len(t["images"]) for t in tasks), desc=desc, unit="img", disable=not progress) as bar:
-        for done in imap_unordered(render_task, tasks, workers):
+        for done in imap(render_task, tasks, workers):
             by_field[done["field"]]["attempt"] = done["attempt"]
             hashes.update(done["hashes"])
             bar.update(len(done["hashes"]))

@@ -7,7 +7,6 @@ size x size x 4 in C order) and "size" (int64, the side). A group's folder holds
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from functools import partial
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from hpa_tf.atomic import write_atomic, write_csv_atomic
 from hpa_tf.data.layout import DataLayout, validate_id
 from hpa_tf.data.resize import read_cached_rgby
+from hpa_tf.parallel import imap
 
 GROUPS = {"train": ("kaggle", "train"), "test": ("kaggle", "test"), "external": ("external", "train")}
 INDEX_COLUMNS = ["Id", "shard", "position"]
@@ -119,14 +119,9 @@ def _is_complete(folder: Path, ids: list[str]) -> bool:
 
 
 def _read_images(read, ids: list[str], workers: int) -> Iterator[np.ndarray]:
-    """read(image_id) for each Id, in order; a spawn pool in windows (bounded memory) for larger jobs."""
-    if workers <= 1 or len(ids) < 64:  # a pool only pays for itself on larger jobs
-        yield from map(read, ids)
-        return
-    window = workers * 8
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for start in range(0, len(ids), window):
-            yield from pool.imap(read, ids[start:start + window], chunksize=2)
+    """read(image_id) for each Id, in order; in a process pool for larger jobs."""
+    workers = workers if len(ids) >= 64 else 1  # a pool only pays for itself on larger jobs
+    return imap(read, ids, workers, chunksize=2, ordered=True)
 
 
 def write_tfrecords(layout: DataLayout, group: str, refs_or_ids: Iterable, size: int,
