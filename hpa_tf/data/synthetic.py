@@ -74,7 +74,7 @@ class Antibody:
 
 
 @dataclass
-class Image_:
+class PlannedImage:
     """One image of the plan: where it goes, whose antibody, and what it is a copy of."""
 
     split: str  # train | test | external
@@ -91,10 +91,10 @@ class Plan:
     preset: Preset
     seed: int
     antibodies: list[Antibody]
-    images: list[Image_]
+    images: list[PlannedImage]
     duplicates: list[tuple[int, int, str]]  # (image index, image index, kind)
 
-    def target(self, image: Image_) -> list[int]:
+    def target(self, image: PlannedImage) -> list[int]:
         labels = set(self.antibodies[image.antibody].labels)
         if image.conflict_label is not None:
             labels.discard(max(labels, key=lambda c: (KAGGLE_TRAIN_COUNTS[c], c)))
@@ -134,11 +134,14 @@ def _fill(rng, plan_images, antibodies, used, need: int, home: str, other: str |
     while need > 0:
         antibodies.append(_new_antibody(rng, used))
         group = int(rng.integers(2, 9))
-        n_home = min(need, group if other is None else max(1, (group + 1) // 2))
-        n_other = 0 if other is None else group - n_home if group > n_home else 1
+        if other is None:
+            n_home, n_other = min(need, group), 0
+        else:  # about half at home, the rest (at least one) elsewhere
+            n_home = min(need, (group + 1) // 2)
+            n_other = max(1, group - n_home)
         for split, n in ((home, n_home), (other, n_other)):
             for _ in range(n):
-                plan_images.append(Image_(split, len(antibodies) - 1, len(plan_images)))
+                plan_images.append(PlannedImage(split, len(antibodies) - 1, len(plan_images)))
         need -= n_home
         made_other += n_other
     return made_other
@@ -157,9 +160,10 @@ def _force_min_counts(rng, plan: Plan) -> None:
                 plan.antibodies[int(rng.choice(candidates))].labels.add(cls)
 
 
-def _copy(plan: Plan, source: int, split: str, kind: str, antibody: int | None = None) -> Image_:
+def _copy(plan: Plan, source: int, split: str, kind: str) -> PlannedImage:
+    """A planted duplicate: a copy of image `source` (same antibody and field) placed in `split`."""
     original = plan.images[source]
-    image = Image_(split, original.antibody if antibody is None else antibody, original.field, copy=True)
+    image = PlannedImage(split, original.antibody, original.field, copy=True)
     plan.images.append(image)
     plan.duplicates.append((source, len(plan.images) - 1, kind))
     return image
@@ -170,7 +174,7 @@ def make_plan(preset: Preset, seed: int) -> Plan:
     rng = np.random.default_rng([seed, 0])
     p = preset
     antibodies: list[Antibody] = []
-    images: list[Image_] = []
+    images: list[PlannedImage] = []
     used: set[int] = set()
     test_base = p.n_test - p.dup_test_test - p.dup_test_external
     ext_base = p.n_external - p.dup_train_external
@@ -318,7 +322,7 @@ def _render_attempt(task: dict, attempt: int) -> list[tuple[str, np.ndarray]]:
 
 
 def _tasks(plan: Plan, root: Path) -> list[dict]:
-    by_field: dict[int, list[Image_]] = {}
+    by_field: dict[int, list[PlannedImage]] = {}
     for image in plan.images:
         by_field.setdefault(image.field, []).append(image)
     tasks = []
@@ -340,7 +344,7 @@ def _tasks(plan: Plan, root: Path) -> list[dict]:
 def _write_tables(plan: Plan, layout: DataLayout) -> None:
     rng = np.random.default_rng([plan.seed, 2])
 
-    def kaggle_target(image: Image_) -> str:  # Kaggle's train.csv does not sort its labels
+    def kaggle_target(image: PlannedImage) -> str:  # Kaggle's train.csv does not sort its labels
         return " ".join(str(c) for c in rng.permutation(plan.target(image)))
 
     rows = {s: [im for im in plan.images if im.split == s] for s in ("train", "test", "external")}
