@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["focal_loss", "lovasz_hinge", "symmetric_lovasz", "hard_log_loss", "classifier_loss"]
+__all__ = ["focal_per_sample", "focal_loss", "lovasz_hinge", "symmetric_lovasz", "hard_log_loss",
+           "classifier_loss"]
 
 
 def _as_float32(y_true, logits):
@@ -25,13 +26,18 @@ def _bce_with_logits(y, z):
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
 
 
-def focal_loss(y_true, logits, gamma=2.0):
-    """Focal loss (spec 7.1): BCE * sigmoid(-z(2y-1))^gamma, summed over classes, mean over the batch."""
+def focal_per_sample(y_true, logits, gamma=2.0):
+    """Focal loss of each sample, summed over classes: float32 [B] (spec 7.1 before the batch mean)."""
     y, z = _as_float32(y_true, logits)
     bce = _bce_with_logits(y, z)
     # (1 - p_t)^gamma computed in log space, stable for large |z|.
     weight = tf.exp(tf.cast(gamma, tf.float32) * tf.math.log_sigmoid(-z * (2.0 * y - 1.0)))
-    return tf.reduce_mean(tf.reduce_sum(bce * weight, axis=-1))
+    return tf.reduce_sum(bce * weight, axis=-1)
+
+
+def focal_loss(y_true, logits, gamma=2.0):
+    """Focal loss (spec 7.1): BCE * sigmoid(-z(2y-1))^gamma, summed over classes, mean over the batch."""
+    return tf.reduce_mean(focal_per_sample(y_true, logits, gamma))
 
 
 def _lovasz_per_class(y, z):

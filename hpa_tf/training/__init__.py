@@ -1,0 +1,1 @@
+"""Training: learning-rate schedules, the global-batch trainer, callbacks and the classifier loop."""
