@@ -160,17 +160,20 @@ def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = Tr
         trainer = build_trainer(config, mean, std)
     schedule = keras.callbacks.LearningRateScheduler(
         lambda epoch, lr: learning_rate(config.schedule, epoch + 1, config.epochs, config.lr_scale))
-    checkpoints = EpochCheckpoints(trainer.net, files, report=chief)
+    verbose = config.verbose if progress else 0
+    # Keras' own epoch line shows the same figures when its progress output is on.
+    checkpoints = EpochCheckpoints(trainer.net, files, report=chief and verbose == 0)
     fit_callbacks = [schedule, checkpoints, *callbacks,
                      keras.callbacks.CSVLogger(str(files / "log.csv"), append=True),
                      keras.callbacks.TensorBoard(str(files / "tensorboard")),
                      keras.callbacks.BackupAndRestore(str(files / "backup"), double_checkpoint=True)]
-    trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks,
-                verbose=config.verbose if progress else 0)
+    trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks, shuffle=False,
+                verbose=verbose)
     if not chief:
         shutil.rmtree(files, ignore_errors=True)
     summary = {"folder": str(folder), "best_epoch": checkpoints.best_epoch,
-               "best_weights": str(folder / "best.weights.h5")}
+               "best_weights": str(folder / "best.weights.h5"),
+               "optimizer_steps": int(trainer.optimizer.iterations.numpy())}
     best_state = folder / "best.json"
     if chief and best_state.is_file():
         summary.update(json.loads(best_state.read_text()))

@@ -33,10 +33,28 @@ def _loss_scale(optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
 
 
 def _gather(tensor: tf.Tensor, context) -> tf.Tensor:
-    """The concatenation of `tensor` over all replicas (itself with one replica)."""
-    if context.num_replicas_in_sync == 1:
+    """The concatenation of a [B, C] `tensor` over all replicas, in replica order (itself with one).
+
+    Built as a SUM all-reduce of each replica's slice placed in its own slot of a zero [replicas, B, C]
+    stack: ReplicaContext.all_gather fails inside Keras' compiled step under MultiWorkerMirroredStrategy
+    ("destinations can not be empty", TF 2.20), while all_reduce works everywhere and its gradient is the
+    all-reduced upstream gradient, so each replica's slice gets the sum of every replica's contribution."""
+    replicas = context.num_replicas_in_sync
+    if replicas == 1:
         return tensor
-    return context.all_gather(tensor, axis=0)
+    slot = tf.one_hot(context.replica_id_in_sync_group, replicas, dtype=tensor.dtype)
+    stacked = slot[:, None, None] * tensor[None]
+    return tf.reshape(context.all_reduce(tf.distribute.ReduceOp.SUM, stacked), [-1, tensor.shape[-1]])
+
+
+def _step_logs(metrics) -> dict:
+    """Metric results as a step's outputs. Under MultiWorkerMirroredStrategy Keras 3 averages step
+    outputs across workers along axis 0, which fails on scalars (tensorflow/tensorflow#72388): there
+    they are returned as [1] tensors. Epoch logs come from the metrics themselves either way."""
+    results = {metric.name: metric.result() for metric in metrics}
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+    return results
 
 
 class GlobalBatchTrainer(keras.Model):
@@ -63,6 +81,14 @@ class GlobalBatchTrainer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         pre_reduced(self.optimizer)  # compile may have wrapped it in a LossScaleOptimizer
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras probes a first batch here to build the model, averaging it across replicas, which fails
+        under MultiWorkerMirroredStrategy (Keras 3.15). The network is built already; only the
+        optimizer's slots remain, created in the strategy's scope."""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.net.trainable_variables)
+
     def global_gradients(self, images, labels):
         """(global loss, gradients summed over replicas and clipped) for one step; replica context."""
         context = tf.distribute.get_replica_context()
@@ -84,7 +110,7 @@ class GlobalBatchTrainer(keras.Model):
         loss, grads = self.global_gradients(images, labels)
         self.optimizer.apply(grads, self.net.trainable_variables)
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return _step_logs([self.loss_tracker])
 
     def test_step(self, data):
         images, labels = data
@@ -92,7 +118,7 @@ class GlobalBatchTrainer(keras.Model):
         self.loss_tracker.update_state(self.loss_fn(labels, logits))
         for metric in self.eval_metrics:
             metric.update_state(labels, logits)
-        return {metric.name: metric.result() for metric in self.metrics}
+        return _step_logs(self.metrics)
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, tuple) else data

@@ -1,0 +1,272 @@
+"""Training: schedules, split metrics, the global-batch trainer (1 replica, MirroredStrategy over 2
+logical CPUs, MultiWorkerMirroredStrategy over 2 loopback processes), the loop, resume and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import f1_score
+
+from hpa_tf.config import ConfigError, classifier_config
+from hpa_tf.losses import classifier_loss
+from hpa_tf.metrics import macro_f1
+from hpa_tf.models.classifier import build_classifier
+from hpa_tf.training.callbacks import epoch_weights
+from hpa_tf.training.loop import TrainingSetupError, train_classifier
+from hpa_tf.training.schedules import learning_rate
+from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
+from hpa_tf.training.trainer import GlobalBatchTrainer
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+# ----------------------------------------------------------------------------------------- schedules
+
+@pytest.mark.parametrize("epoch, lr", [(1, 3e-4), (25, 3e-4), (26, 1.5e-4), (35, 1.5e-4), (36, 7.5e-5),
+                                       (45, 7.5e-5), (46, 3e-5), (50, 3e-5), (51, 1e-5), (55, 1e-5)])
+def test_adam55(epoch, lr):
+    assert learning_rate("Adam55", epoch) == lr
+
+
+@pytest.mark.parametrize("epoch, lr", [(25, 3e-4), (26, 1.5e-4), (30, 1.5e-4), (31, 7.5e-5), (35, 7.5e-5),
+                                       (36, 3e-5), (40, 3e-5), (41, 1e-5), (45, 1e-5)])
+def test_adam45(epoch, lr):
+    assert learning_rate("Adam45", epoch) == lr
+
+
+def test_face_adam_is_constant_and_schedules_stretch_to_other_lengths():
+    assert {learning_rate("FaceAdam", e) for e in range(1, 60)} == {1e-4}
+    # 9 epochs of Adam45 read its epochs 5, 10, ..., 45: five at 3e-4 then one of each later step.
+    stretched = [learning_rate("Adam45", e, epochs=9) for e in range(1, 10)]
+    assert stretched == [3e-4] * 5 + [1.5e-4, 7.5e-5, 3e-5, 1e-5]
+    assert learning_rate("Adam45", 1, scale=2.0) == 6e-4
+    with pytest.raises(ValueError, match="adam45"):
+        learning_rate("adam45", 1)  # the reference's README casing (spec 8.1) is refused by name
+    with pytest.raises(ValueError, match="from 1"):
+        learning_rate("Adam45", 0)
+
+
+# ----------------------------------------------------------------------------------- split metrics
+
+def _numpy_focal_per_sample(y, z):
+    p = 1 / (1 + np.exp(-z))
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    pt = np.where(y > 0, p, 1 - p)
+    return (bce * (1 - pt) ** 2).sum(1)
+
+
+def test_split_metrics_equal_numpy_on_the_concatenated_split():
+    rng = np.random.default_rng(5)
+    y = (rng.random((23, 28)) < 0.2).astype("float32")
+    y[:, 27] = 0  # a class with no positives
+    z = rng.normal(0, 3, (23, 28)).astype("float32")
+    focal, f1, accuracy = SplitFocalLoss(), SplitMacroF1(), ElementAccuracy()
+    for start in range(0, 23, 5):  # batches of 5, 5, 5, 5, 3: an average of batch means would differ
+        for metric in (focal, f1, accuracy):
+            metric.update_state(y[start:start + 5], z[start:start + 5])
+    np.testing.assert_allclose(float(focal.result()), _numpy_focal_per_sample(y, z).mean(), rtol=1e-5)
+    expected_f1 = f1_score(y, z > 0, average="macro", zero_division=0)
+    np.testing.assert_allclose(float(f1.result()), expected_f1, rtol=1e-6)
+    assert macro_f1(y, z > 0) == pytest.approx(expected_f1)
+    np.testing.assert_allclose(float(accuracy.result()), ((z > 0) == (y > 0)).mean(), rtol=1e-6)
+
+
+def test_macro_f1_matches_sklearn_and_checks_shapes():
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        t, p = rng.random((40, 28)) < 0.1, rng.random((40, 28)) < 0.1
+        assert macro_f1(t, p) == pytest.approx(f1_score(t, p, average="macro", zero_division=0))
+    with pytest.raises(ValueError, match="shape"):
+        macro_f1(np.zeros((3, 28)), np.zeros((3, 27)))
+
+
+# ----------------------------------------------------------------------------- the trainer itself
+
+def test_one_step_equals_a_hand_computed_clipped_sgd_step():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    net = keras.Model(inputs, keras.layers.Dense(28)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 8, 8, 4)).astype("float32")
+    y = (rng.random((6, 28)) < 0.3).astype("float32")
+    before = [w.numpy() for w in net.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = classifier_loss(y, net(x))
+    grads = tape.gradient(loss, net.trainable_variables)
+    norm = float(tf.linalg.global_norm(grads))
+    clip = norm / 4  # the clip is active
+    expected = [b - 0.5 * g.numpy() * clip / norm for b, g in zip(before, grads, strict=True)]
+    trainer = GlobalBatchTrainer(net, classifier_loss, clipnorm=clip)
+    trainer.compile(keras.optimizers.SGD(0.5))
+    history = trainer.fit(x, y, batch_size=6, epochs=1, verbose=0, shuffle=False).history
+    assert history["loss"][0] == pytest.approx(float(loss), rel=1e-5)
+    for got, want in zip(net.trainable_variables, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def _run_step_script(mode: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HERE / "distributed_step.py"), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(process: subprocess.Popen, timeout: int = 240) -> dict:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _assert_same_step(result: dict, replicas: int) -> None:
+    single, distributed = result["single"], result["distributed"]
+    assert distributed["replicas"] == replicas and single["replicas"] == 1
+    assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert distributed["val_focal"] == pytest.approx(single["val_focal"], rel=1e-5)
+    assert distributed["val_macro_f1"] == pytest.approx(single["val_macro_f1"], rel=1e-6)
+    delta_single, delta_distributed = np.array(single["delta"]), np.array(distributed["delta"])
+    assert np.linalg.norm(delta_single) == pytest.approx(0.05, rel=1e-4)  # lr 1 x clipped global norm
+    np.testing.assert_allclose(delta_distributed, delta_single, rtol=1e-4, atol=1e-7)
+
+
+def _env(**extra) -> dict:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def test_two_replicas_give_the_single_replica_loss_update_and_validation():
+    """MirroredStrategy over 2 logical CPUs: each replica holds half the global batch, yet the loss, the
+    clipped update and the whole-split validation figures equal those of one replica."""
+    _assert_same_step(_result(_run_step_script("mirrored", _env())), replicas=2)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_run_one_global_batch_step():
+    """MultiWorkerMirroredStrategy with 2 worker processes on loopback (TF_CONFIG)."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_run_step_script("worker", _env(TF_CONFIG=json.dumps(tf_config))))
+    results = [_result(p) for p in processes]
+    for result in results:
+        _assert_same_step(result, replicas=2)
+    assert results[0]["distributed"]["delta"] == results[1]["distributed"]["delta"]
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+def _config(root, out, **overrides):
+    values = dict(data_dir=str(root), out_dir=str(out), img_size=64, crop_size=32, batch_size=16, epochs=3,
+                  verbose=0)
+    return classifier_config("demo", **{**values, **overrides})
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of an epoch, like a pre-empted job."""
+
+    def __init__(self, epoch: int, batch: int = 2):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt("pre-empted")
+
+
+def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepared, tmp_path):
+    root, _ = prepared
+    config = _config(root, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(config, callbacks=[_Interrupt(epoch=1)], progress=False)
+    folder = tmp_path / "demo" / "fold0"
+    assert epoch_weights(folder, 1).is_file() and not epoch_weights(folder, 2).exists()
+    assert (folder / "backup").is_dir()
+
+    summary = train_classifier(config, progress=False)
+    log = pd.read_csv(folder / "log.csv")
+    assert log["epoch"].tolist() == [0, 1, 2]
+    assert all(epoch_weights(folder, e).is_file() for e in (1, 2, 3))
+    assert not (folder / "backup").exists()  # removed once the run is complete
+    best = json.loads((folder / "best.json").read_text())
+    assert best["epoch"] == summary["best_epoch"] == int(log.loc[log["val_focal"].idxmin(), "epoch"]) + 1
+    assert best["val_focal"] == pytest.approx(log["val_focal"].min(), rel=1e-6)
+    steps_per_epoch = 194 // 16  # fold 0 of the tiny dataset has 194 training rows
+    assert summary["optimizer_steps"] == 3 * steps_per_epoch  # the optimizer state was restored too
+    model = build_classifier(config.backbone, weights=None)
+    model.load_weights(folder / "best.weights.h5")  # a complete, loadable checkpoint
+
+
+def test_learning_rate_follows_the_stretched_schedule(prepared, tmp_path):
+    root, _ = prepared
+    train_classifier(_config(root, tmp_path, epochs=2, lr_scale=1.0), progress=False)
+    log = pd.read_csv(tmp_path / "demo" / "fold0" / "log.csv")
+    np.testing.assert_allclose(log["learning_rate"], [3e-4, 1e-5], rtol=1e-6)
+
+
+def test_missing_prepared_data_and_bad_settings_fail_before_training(prepared, tmp_path):
+    root, _ = prepared
+    with pytest.raises(TrainingSetupError, match="--sizes 128"):
+        train_classifier(_config(root, tmp_path, img_size=128), progress=False)
+    with pytest.raises(TrainingSetupError, match="hpa_tf.data.prepare"):
+        train_classifier(_config(tmp_path / "nowhere", tmp_path), progress=False)
+    with pytest.raises(ConfigError, match="--crop-size"):
+        _config(root, tmp_path, crop_size=100)
+    with pytest.raises(ConfigError, match="--fold"):
+        _config(root, tmp_path, fold=5)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        classifier_config("i512")
+
+
+def test_cli_help_and_error_exit(prepared, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "train_classifier.py"), "--help"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 0
+    for flag in ("--fold", "--profile", "--data-dir", "--strategy", "--sync-bn", "--precision", "--jit",
+                 "--schedule", "--large", "--weights", "i1536"):
+        assert flag in done.stdout
+    root, _ = prepared
+    done = subprocess.run([sys.executable, str(ROOT / "train_classifier.py"), "--data-dir", str(root),
+                           "--profile", "demo", "--img-size", "64", "--crop-size", "80"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 2 and "error: --crop-size (80)" in done.stderr
+
+
+def test_cli_trains_on_two_mirrored_cpu_replicas(prepared, tmp_path):
+    """The whole CLI path under MirroredStrategy over 2 logical CPUs, 1 epoch on the tiny dataset."""
+    root, _ = prepared
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "import train_classifier\n"
+        "sys.exit(train_classifier.main(sys.argv[1:]))\n")
+    args = ["--data-dir", str(root), "--profile", "demo", "--img-size", "64", "--crop-size", "32",
+            "--batch-size", "16", "--epochs", "1", "--strategy", "mirrored", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          env=_env(), timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "over 2 replica(s)" in done.stdout and "best epoch 1" in done.stdout
+    config = json.loads((tmp_path / "demo" / "fold0" / "config.json").read_text())
+    assert config["replicas"] == 2 and config["strategy"] == "mirrored"
+    assert epoch_weights(tmp_path / "demo" / "fold0", 1).is_file()
