@@ -262,7 +262,8 @@ def test_cli_trains_on_two_mirrored_cpu_replicas(prepared, tmp_path):
         "import train_classifier\n"
         "sys.exit(train_classifier.main(sys.argv[1:]))\n")
     args = ["--data-dir", str(root), "--profile", "demo", "--img-size", "64", "--crop-size", "32",
-            "--batch-size", "16", "--epochs", "1", "--strategy", "mirrored", "--out", str(tmp_path), "--quiet"]
+            "--batch-size", "16", "--epochs", "1", "--strategy", "mirrored", "--out", str(tmp_path),
+            "--quiet"]
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
                           env=_env(), timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

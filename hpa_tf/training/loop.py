@@ -167,8 +167,8 @@ def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = Tr
                      keras.callbacks.CSVLogger(str(files / "log.csv"), append=True),
                      keras.callbacks.TensorBoard(str(files / "tensorboard")),
                      keras.callbacks.BackupAndRestore(str(files / "backup"), double_checkpoint=True)]
-    trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks, shuffle=False,
-                verbose=verbose)
+    trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks,
+                shuffle=False, verbose=verbose)
     if not chief:
         shutil.rmtree(files, ignore_errors=True)
     summary = {"folder": str(folder), "best_epoch": checkpoints.best_epoch,
