@@ -103,9 +103,11 @@ def main() -> None:
     images = tf.constant(rng.random((args.batch, args.crop, args.crop, 4), dtype=np.float32))
     labels = tf.constant((rng.random((args.batch, 28)) < 0.1).astype(np.float32))
     devices = [d.name for d in tf.config.list_logical_devices()]
+    threads = (tf.config.threading.get_intra_op_parallelism_threads(),
+               tf.config.threading.get_inter_op_parallelism_threads())
     print(f"{args.backbone} crop {args.crop} batch {args.batch} {args.precision} on {devices}; "
-          f"TF {tf.__version__}, intra/inter-op threads {tf.config.threading.get_intra_op_parallelism_threads()}"
-          f"/{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default)", flush=True)
+          f"TF {tf.__version__}, intra/inter-op threads {threads[0]}/{threads[1]} (0: TF default)",
+          flush=True)
 
     variants = []
     for name in args.variants:
