@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from hpa_tf.config import ConfigError, classifier_config
 from hpa_tf.losses import classifier_loss
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.classifier import build_classifier
 from hpa_tf.training.callbacks import epoch_weights
+from hpa_tf.training.evaluate import class_report, evaluate_run
 from hpa_tf.training.loop import TrainingSetupError, train_classifier
 from hpa_tf.training.schedules import learning_rate
 from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
@@ -215,6 +216,26 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     assert summary["optimizer_steps"] == 3 * steps_per_epoch  # the optimizer state was restored too
     model = build_classifier(config.backbone, weights=None)
     model.load_weights(folder / "best.weights.h5")  # a complete, loadable checkpoint
+    report = evaluate_run(folder)  # the per-class report reads the run back
+    assert len(report) == 28 and report["positives"].sum() > 0
+    assert ((report["f1_at_rate"] >= 0) & (report["f1_at_rate"] <= 1)).all()
+
+
+def test_class_report_matches_sklearn():
+    rng = np.random.default_rng(4)
+    truth = (rng.random((200, 28)) < 0.15).astype(float)
+    truth[:, 3] = 0  # no positives: AUC undefined
+    probs = np.clip(truth * 0.3 + rng.random((200, 28)) * 0.7, 0, 1)
+    rates = np.full(28, 0.15)
+    report = class_report(truth, probs, rates)
+    for c in (0, 5, 27):
+        assert report.loc[c, "auc"] == pytest.approx(roc_auc_score(truth[:, c], probs[:, c]))
+        predicted = probs[:, c] > report.loc[c, "rate_threshold"]
+        assert predicted.mean() == pytest.approx(0.15, abs=0.01)
+        assert report.loc[c, "f1_at_rate"] == pytest.approx(f1_score(truth[:, c], predicted, zero_division=0))
+    assert np.isnan(report.loc[3, "auc"])
+    assert report["f1_at_0.5"].tolist() == pytest.approx(
+        f1_score(truth, probs > 0.5, average=None, zero_division=0).tolist())
 
 
 def test_learning_rate_follows_the_stretched_schedule(prepared, tmp_path):
