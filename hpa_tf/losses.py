@@ -1,17 +1,20 @@
-"""Classifier losses of the reference solution (spec section 7.1-7.4).
+"""Losses of the reference solution: the classifier's (spec 7.1-7.4) and ArcFace (spec 7.5).
 
-Every loss takes a float multi-hot ``y_true`` [B, C] and ``logits`` [B, C] (C = 28), computes in float32
-whatever the logits dtype (float16 / bfloat16 under mixed precision), and returns a scalar float32 tensor
-with the reduction of the spec. All per-class work is vectorised over classes (no Python loop), so the
-functions trace once inside ``tf.function`` for any batch size.
+Every classifier loss takes a float multi-hot ``y_true`` [B, C] and ``logits`` [B, C] (C = 28); ArcFace
+takes int labels [B] and cosines [B, classes]. All compute in float32 whatever the input dtype (float16 /
+bfloat16 under mixed precision) and return a scalar float32 tensor with the reduction of the spec.
+Per-class work is vectorised over classes (no Python loop), so the functions trace once inside
+``tf.function`` for any batch size.
 """
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 __all__ = ["focal_per_sample", "focal_loss", "lovasz_hinge", "symmetric_lovasz", "hard_log_loss",
-           "classifier_loss"]
+           "classifier_loss", "arcface_loss"]
 
 
 def _as_float32(y_true, logits):
@@ -108,3 +111,20 @@ def classifier_loss(y_true, logits):
     """0.5 focal + 0.5 symmetric Lovasz + 0.5 hard log loss (spec 7.4)."""
     y, z = _as_float32(y_true, logits)
     return 0.5 * focal_loss(y, z) + 0.5 * symmetric_lovasz(y, z) + 0.5 * hard_log_loss(y, z)
+
+
+def arcface_loss(labels, cosine, s=30.0, m=0.5):
+    """ArcFace loss of spec 7.5 (easy_margin off): the target column's cosine becomes cos(theta + m)
+    where cos > cos(pi - m), else cos - m sin(m); cross-entropy of s x those logits, averaged 1:1 with the
+    cross-entropy of the raw unscaled cosines. sin is sqrt(1 - cos^2) kept finite (and differentiable)
+    at |cos| -> 1."""
+    cosine = tf.cast(tf.convert_to_tensor(cosine), tf.float32)
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    sine = tf.sqrt(tf.maximum(1.0 - tf.square(cosine), 1e-12))
+    phi = cosine * math.cos(m) - sine * math.sin(m)
+    phi = tf.where(cosine > math.cos(math.pi - m), phi, cosine - m * math.sin(m))
+    target = tf.one_hot(labels, tf.shape(cosine)[-1], dtype=tf.float32)
+    margin_logits = s * (target * phi + (1.0 - target) * cosine)
+    scaled = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=margin_logits)
+    plain = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=cosine)
+    return 0.5 * (tf.reduce_mean(scaled) + tf.reduce_mean(plain))
