@@ -20,3 +20,20 @@ def f1_per_class(y_true, y_pred) -> np.ndarray:
 def macro_f1(y_true, y_pred) -> float:
     """The competition metric: mean F1 over classes (sklearn `f1_score(average='macro')`)."""
     return float(f1_per_class(y_true, y_pred).mean())
+
+
+def _hits(labels, scores, k: int) -> np.ndarray:
+    """[N, k] booleans: whether the j-th highest score of each row is its label (ties: lower index first)."""
+    labels = np.asarray(labels).reshape(-1)
+    order = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k]
+    return order == labels[:, None]
+
+
+def top_k_accuracy(labels, scores, k: int = 1) -> float:
+    """Share of rows whose label is among the k highest scores (spec 8.2 top-1 / top-5)."""
+    return float(_hits(labels, scores, k).any(axis=1).mean())
+
+
+def map_at_5(labels, scores) -> float:
+    """MAP@5 with one label per row: mean over rows of sum_k hit@k / k (spec 8.2)."""
+    return float((_hits(labels, scores, 5) / np.arange(1, 6)).sum(axis=1).mean())

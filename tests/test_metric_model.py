@@ -96,3 +96,25 @@ def test_embedder_head_without_normalisation_or_dropout_by_default():
     with_dropout = build_embedder("densenet_1_1_1_1", weights=None, dropout=True)
     rates = [layer.rate for layer in with_dropout.layers if isinstance(layer, keras.layers.Dropout)]
     assert rates == [0.25, 0.5]
+
+
+def test_rank_metrics_match_numpy_over_uneven_batches():
+    from hpa_tf.metrics import map_at_5, top_k_accuracy
+    from hpa_tf.training.split_metrics import RankHits
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(37, 9)).astype(np.float32)
+    labels = rng.integers(0, 9, 37)
+    labels[:6] = np.argsort(-scores[:6], axis=1)[:, 2]  # some hits at rank 3
+    metrics = {kind: RankHits(kind) for kind in ("top1", "top5", "map5")}
+    for start in range(0, 37, 10):
+        for metric in metrics.values():
+            metric.update_state(labels[start:start + 10], scores[start:start + 10])
+    assert float(metrics["top1"].result()) == pytest.approx(top_k_accuracy(labels, scores, 1))
+    assert float(metrics["top5"].result()) == pytest.approx(top_k_accuracy(labels, scores, 5))
+    assert float(metrics["map5"].result()) == pytest.approx(map_at_5(labels, scores), rel=1e-6)
+    # numpy definitions against a direct loop
+    direct = np.mean([next((1 / (j + 1) for j, c in enumerate(np.argsort(-row)[:5]) if c == y), 0.0)
+                      for row, y in zip(scores, labels, strict=True)])
+    assert map_at_5(labels, scores) == pytest.approx(direct)
+    assert top_k_accuracy(labels, scores, 1) == pytest.approx(np.mean(scores.argmax(1) == labels))

@@ -68,3 +68,32 @@ class ElementAccuracy(keras.metrics.Metric):
 
     def result(self):
         return tf.math.divide_no_nan(self.hits, self.count)
+
+
+class RankHits(keras.metrics.Metric):
+    """Retrieval figures over a whole split from int labels [B] and class scores [B, C] (the softmax of
+    the unscaled cosines ranks as the cosines do, spec 8.2): `top1`, `top5` or `map5` = sum_k hit@k / k."""
+
+    _WEIGHTS = {"top1": (1.0, 0, 0, 0, 0), "top5": (1.0, 1, 1, 1, 1),
+                "map5": (1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5)}
+
+    def __init__(self, kind: str = "map5", name=None, **kwargs):
+        super().__init__(name=name or kind, **kwargs)
+        self.kind = kind
+        self.weights_of_rank = tf.constant(self._WEIGHTS[kind], tf.float32)
+        self.total = self.add_variable((), "zeros", name="total")
+        self.count = self.add_variable((), "zeros", name="count")
+
+    def update_state(self, labels, scores, sample_weight=None):
+        scores = tf.cast(scores, tf.float32)
+        k = tf.minimum(5, tf.shape(scores)[-1])
+        top = tf.math.top_k(scores, k=k).indices
+        hits = tf.cast(tf.equal(top, tf.cast(tf.reshape(labels, [-1, 1]), top.dtype)), tf.float32)
+        self.total.assign_add(tf.reduce_sum(hits * self.weights_of_rank[:k]))
+        self.count.assign_add(tf.cast(tf.shape(scores)[0], tf.float32))
+
+    def result(self):
+        return tf.math.divide_no_nan(self.total, self.count)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
