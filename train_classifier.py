@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpa_tf.config import PRECISIONS, PROFILES, SPLITS, STRATEGIES, ClassifierConfig
+from hpa_tf.config import CLASSIFIER_PROFILES, PRECISIONS, SPLITS, STRATEGIES, ClassifierConfig
 from hpa_tf.training.schedules import SCHEDULES
 
 
@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--fold", type=int, default=0, help="validation fold 0..4")
-    add("--profile", choices=sorted(PROFILES), default=None,
+    add("--profile", choices=sorted(CLASSIFIER_PROFILES), default=None,
         help="demo: small DenseNet from scratch, 128 -> 64 px, 10 epochs (default without --data-dir); "
              "i768: run A, DenseNet121 768 -> 512, batch 48, Adam55, random_ext_folds5 (default with "
              "--data-dir); i1536: run B, large DenseNet121 1536 -> 1024, batch 36, Adam45, noleak_clean")
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hpa_tf.config import ConfigError, classifier_config
-    from hpa_tf.training.loop import TrainingSetupError, train_classifier
+    from hpa_tf.training.classifier import train_classifier
+    from hpa_tf.training.loop import TrainingSetupError
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("profile", "quiet")}
     profile = args.profile or ("i768" if args.data_dir else "demo")

@@ -1,4 +1,4 @@
-"""Training configurations and the named profiles of the reference runs (spec 8.1) and the demo."""
+"""Training configurations and the named profiles of the reference runs (spec 8.1, 8.2) and the demos."""
 
 from __future__ import annotations
 
@@ -17,26 +17,21 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ClassifierConfig:
-    """Everything one classifier training run depends on (one fold)."""
+class RunConfig:
+    """What every training run depends on: data, output, model, optimisation and devices."""
 
     data_dir: str | None = None  # None: the embedded synthetic demo dataset
     out_dir: str = "runs"
-    run: str | None = None  # results go to out_dir/run/fold<k>; default: the profile name
+    run: str | None = None  # results go to out_dir/<run>[/fold<k>]; default: the profile name
     profile: str = "demo"
-    fold: int = 0
-    split: str = "random_ext_folds5"
     backbone: str = "densenet121"
     weights: str | None = "imagenet"
-    large: bool = False
     img_size: int = 768
-    crop_size: int = 512
     batch_size: int = 48
     schedule: str = "Adam55"
     epochs: int = 55
     lr_scale: float = 1.0
     clipnorm: float = 1.0
-    dropout: float = 0.5
     seed: int = 0
     tfrecords: bool = False
     strategy: str = "auto"
@@ -49,47 +44,100 @@ class ClassifierConfig:
     def run_name(self) -> str:
         return self.run or self.profile
 
-    def validate(self) -> None:
-        """Raise ConfigError naming the first inconsistent setting."""
-        checks = [
+    def checks(self) -> list[tuple[bool, str]]:
+        """(condition, message if it fails) pairs; subclasses add theirs."""
+        return [
             (self.schedule in SCHEDULES,
              f"--schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}"),
-            (self.split in SPLITS, f"--split must be one of {sorted(SPLITS)}, got {self.split!r}"),
-            (0 <= self.fold < 5, f"--fold must be 0..4, got {self.fold}"),
             (self.precision in PRECISIONS, f"--precision must be one of {sorted(PRECISIONS)}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}"),
-            (0 < self.crop_size <= self.img_size,
-             f"--crop-size ({self.crop_size}) must be in 1..--img-size ({self.img_size})"),
             (self.batch_size > 0 and self.epochs > 0, "--batch-size and --epochs must be positive"),
+            (self.img_size > 0, f"--img-size must be positive, got {self.img_size}"),
         ]
-        for ok, message in checks:
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first inconsistent setting."""
+        for ok, message in self.checks():
             if not ok:
                 raise ConfigError(message)
 
 
+@dataclass
+class ClassifierConfig(RunConfig):
+    """One fold of classifier training (spec 8.1)."""
+
+    fold: int = 0
+    split: str = "random_ext_folds5"
+    large: bool = False
+    crop_size: int = 512
+    dropout: float = 0.5
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (self.split in SPLITS, f"--split must be one of {sorted(SPLITS)}, got {self.split!r}"),
+            (0 <= self.fold < 5, f"--fold must be 0..4, got {self.fold}"),
+            (0 < self.crop_size <= self.img_size,
+             f"--crop-size ({self.crop_size}) must be in 1..--img-size ({self.img_size})"),
+        ]
+
+
+@dataclass
+class MetricConfig(RunConfig):
+    """Metric learning on antibody ids with ArcFace (spec 8.2)."""
+
+    backbone: str = "resnet50"
+    batch_size: int = 32
+    schedule: str = "FaceAdam"
+    epochs: int = 50
+    embedding_dim: int = 512
+    dropout: bool = False  # the original's head dropouts were no-ops (spec 6.4)
+    arc_scale: float = 30.0
+    arc_margin: float = 0.5
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [(self.embedding_dim > 0, "--embedding-dim must be positive")]
+
+
 # Run A and run B of spec 8.1, and the demo that fits 2 CPU cores (a small DenseNet from scratch).
-PROFILES: dict[str, dict] = {
+CLASSIFIER_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=128, crop_size=64, batch_size=32,
-                 schedule="Adam45", epochs=10, lr_scale=3.0),
+                 schedule="Adam45", epochs=10, lr_scale=10.0, dropout=0.1),
     "i768": dict(backbone="densenet121", weights="imagenet", img_size=768, crop_size=512, batch_size=48,
                  schedule="Adam55", epochs=55, split="random_ext_folds5"),
     "i1536": dict(backbone="densenet121", weights="imagenet", large=True, img_size=1536, crop_size=1024,
                   batch_size=36, schedule="Adam45", epochs=45, split="noleak_clean"),
 }
+# Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
+METRIC_PROFILES: dict[str, dict] = {
+    "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
+                 epochs=10, lr_scale=10.0),
+    "i768": dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
+                 epochs=50),
+}
 
 
-def classifier_config(profile: str = "demo", **overrides) -> ClassifierConfig:
+def make_config(kind: type[RunConfig], profiles: dict[str, dict], profile: str, **overrides) -> RunConfig:
     """The profile's configuration with `overrides` (None values ignored; weights "none" = random)
     applied and validated."""
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(profiles)}")
+    fields = {f.name for f in dataclasses.fields(kind)}
     unknown = set(overrides) - fields
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
-    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**profiles[profile], **{k: v for k, v in overrides.items() if v is not None}}
     if str(values.get("weights")).lower() == "none":  # the CLI's way to ask for random weights
         values["weights"] = None
-    config = ClassifierConfig(profile=profile, **values)
+    config = kind(profile=profile, **values)
     config.validate()
     return config
+
+
+def classifier_config(profile: str = "demo", **overrides) -> ClassifierConfig:
+    """A classifier profile (demo, i768, i1536) with overrides."""
+    return make_config(ClassifierConfig, CLASSIFIER_PROFILES, profile, **overrides)
+
+
+def metric_config(profile: str = "demo", **overrides) -> MetricConfig:
+    """A metric-learning profile (demo, i768) with overrides."""
+    return make_config(MetricConfig, METRIC_PROFILES, profile, **overrides)

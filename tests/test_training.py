@@ -22,8 +22,9 @@ from hpa_tf.losses import classifier_loss
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.classifier import build_classifier
 from hpa_tf.training.callbacks import epoch_weights
+from hpa_tf.training.classifier import train_classifier
 from hpa_tf.training.evaluate import class_report, evaluate_run
-from hpa_tf.training.loop import TrainingSetupError, train_classifier
+from hpa_tf.training.loop import TrainingSetupError
 from hpa_tf.training.schedules import learning_rate
 from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
 from hpa_tf.training.trainer import GlobalBatchTrainer
@@ -288,7 +289,7 @@ def test_cli_trains_on_two_mirrored_cpu_replicas(prepared, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
                           env=_env(), timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "over 2 replica(s)" in done.stdout and "best epoch 1" in done.stdout
+    assert "; 2 replica(s)" in done.stdout and "best epoch 1" in done.stdout
     config = json.loads((tmp_path / "demo" / "fold0" / "config.json").read_text())
     assert config["replicas"] == 2 and config["strategy"] == "mirrored"
     assert epoch_weights(tmp_path / "demo" / "fold0", 1).is_file()

@@ -35,16 +35,20 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 class EpochCheckpoints(keras.callbacks.Callback):
-    """Saves the network's weights every epoch and copies the epoch with the lowest `monitor` (the
-    whole-split validation focal loss) to best.weights.h5; best.json keeps that choice across resumes.
-    Adds best_epoch and best_<monitor> to the epoch logs and prints one line per epoch."""
+    """Saves the network's weights every epoch and copies the epoch with the best `monitor` (lowest for
+    mode "min", e.g. the classifier's whole-split validation focal loss; highest for "max", e.g. MAP@5) to
+    best.weights.h5; best.json keeps that choice across resumes. Adds best_epoch and best_<monitor> to
+    the epoch logs and, with `report`, prints one line per epoch."""
 
-    def __init__(self, net: keras.Model, folder: str | Path, monitor: str = "val_focal", write: bool = True,
-                 report: bool = True):
+    def __init__(self, net: keras.Model, folder: str | Path, monitor: str = "val_focal", mode: str = "min",
+                 write: bool = True, report: bool = True):
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.net, self.folder, self.monitor = net, Path(folder), monitor
+        self.sign = 1 if mode == "min" else -1
         self.write, self.report = write, report
-        self.best_epoch, self.best_value = 0, float("inf")
+        self.best_epoch, self.best_value = 0, float("inf") * self.sign
 
     def on_train_begin(self, logs=None):
         state = self.folder / BEST_STATE
@@ -61,7 +65,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
         path = epoch_weights(self.folder, number)
         if self.write:
             save_weights_atomic(self.net, path)
-        if value < self.best_value:
+        if self.sign * value < self.sign * self.best_value:
             self.best_epoch, self.best_value = number, value
             if self.write:
                 copy_atomic(path, self.folder / BEST_WEIGHTS)
@@ -72,6 +76,6 @@ class EpochCheckpoints(keras.callbacks.Callback):
         logs[f"best_{self.monitor}"] = self.best_value
         if self.report:
             figures = ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items()
-                                if k in ("loss", "val_focal", "val_macro_f1", "val_acc"))
+                                if k == "loss" or k.startswith("val_"))
             print(f"epoch {number}: {figures}; best epoch {self.best_epoch} "
                   f"({self.monitor} {self.best_value:.4f}) -> {self.folder / BEST_WEIGHTS}", flush=True)

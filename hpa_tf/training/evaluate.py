@@ -49,7 +49,7 @@ def evaluate_run(folder: str | Path, weights: str = "best.weights.h5", batch_siz
     from hpa_tf.data import pipeline
     from hpa_tf.data.layout import DataLayout
     from hpa_tf.models.classifier import build_classifier, load_stats
-    from hpa_tf.training.loop import split_frames
+    from hpa_tf.training.classifier import split_frames
 
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())

@@ -1,26 +1,23 @@
-"""The classifier training run (spec 8.1): strategy, precision, data, model, optimizer, callbacks, fit."""
+"""What every training run shares (spec 8): devices and strategy, precision, the prepared data, Adam,
+the learning-rate schedule, checkpoints, logs, resume after interruption, and `fit`."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import pandas as pd
 import tensorflow as tf
 
 from hpa_tf.atomic import write_json_atomic
-from hpa_tf.config import PRECISIONS, SPLITS, ClassifierConfig
+from hpa_tf.config import PRECISIONS, RunConfig
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
-from hpa_tf.losses import classifier_loss
-from hpa_tf.models.classifier import build_classifier, load_stats
-from hpa_tf.training.callbacks import EpochCheckpoints
+from hpa_tf.training.callbacks import BEST_STATE, BEST_WEIGHTS, EpochCheckpoints
 from hpa_tf.training.schedules import learning_rate
-from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
-from hpa_tf.training.trainer import GlobalBatchTrainer
 
 ADAM_EPSILON = 1e-8  # PyTorch's default (Keras' is 1e-7), spec 8.1
 
@@ -31,8 +28,8 @@ class TrainingSetupError(ValueError):
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """auto: MirroredStrategy over all GPUs when there are several, else the default strategy;
-    mirrored: MirroredStrategy over all local GPUs (or logical CPUs); multiworker: MultiWorkerMirroredStrategy
-    configured from TF_CONFIG."""
+    mirrored: MirroredStrategy over all local GPUs (or logical CPUs); multiworker:
+    MultiWorkerMirroredStrategy configured from TF_CONFIG."""
     if name == "auto":
         name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
     if name == "default":
@@ -55,17 +52,6 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
     return chief, f"{task_type}-{task_id}"
-
-
-def split_frames(layout: DataLayout, split: str, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, valid) rows of fold `fold` of a prepared split (spec 3.1, 3.2)."""
-    folder = layout.split_dir / SPLITS[split]
-    paths = [folder / f"random_{part}_cv{fold}.csv" for part in ("train", "valid")]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise TrainingSetupError(f"missing split files {missing}: run "
-                                 f"`python -m hpa_tf.data.prepare --data-dir {layout.root}` first")
-    return tuple(pd.read_csv(p, dtype={"Id": str, "Target": str}, keep_default_na=False) for p in paths)
 
 
 def demo_data_dir(img_size: int, progress: bool = True) -> Path:
@@ -92,47 +78,26 @@ def _check_caches(layout: DataLayout, img_size: int, tfrecords: bool) -> None:
                                  f"{layout.root} --sizes {img_size}{flag}` first")
 
 
-def _datasets(config: ClassifierConfig, layout: DataLayout, strategy: tf.distribute.Strategy):
-    """(train, valid, number of train and valid images): per-replica input pipelines for training,
-    one global-batch pipeline for validation (Keras splits its batches, the last one included)."""
-    train, valid = split_frames(layout, config.split, config.fold)
-    if len(train) < config.batch_size:
-        raise TrainingSetupError(f"fold {config.fold} has {len(train)} training images, fewer than one "
-                                 f"batch of {config.batch_size}")
-    if config.batch_size % strategy.num_replicas_in_sync:
-        raise TrainingSetupError(f"--batch-size {config.batch_size} is not divisible by the "
-                                 f"{strategy.num_replicas_in_sync} replicas")
-    source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
-    args = (source, train, config.crop_size, config.batch_size)
-    if strategy.num_replicas_in_sync > 1:
-        train_ds = strategy.distribute_datasets_from_function(
-            pipeline.dataset_fn(pipeline.train_dataset, *args, seed=config.seed))
-    else:
-        train_ds = pipeline.train_dataset(*args, seed=config.seed)
-    valid_ds = pipeline.valid_dataset(source, valid, config.crop_size, config.batch_size)
-    return train_ds, valid_ds, len(train), len(valid)
+@dataclass
+class Session:
+    """The devices and data of one run, set up before any model is built."""
+
+    strategy: tf.distribute.Strategy
+    layout: DataLayout
+    chief: bool
+    worker: str
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def source(self, config: RunConfig) -> pipeline.Source:
+        return pipeline.Source(self.layout, config.img_size, "train", config.tfrecords)
 
 
-def build_trainer(config: ClassifierConfig, mean, std) -> GlobalBatchTrainer:
-    """The classifier wrapped for global-batch training, compiled with Adam (eps 1e-8, no weight decay);
-    call inside the strategy's scope."""
-    net = build_classifier(config.backbone, weights=config.weights, large=config.large, mean=mean, std=std,
-                           dropout=config.dropout, sync_bn=config.sync_bn)
-    trainer = GlobalBatchTrainer(net, classifier_loss, clipnorm=config.clipnorm,
-                                 eval_metrics=[SplitFocalLoss(), SplitMacroF1(), ElementAccuracy()])
-    first_lr = learning_rate(config.schedule, 1, config.epochs, config.lr_scale)
-    trainer.compile(keras.optimizers.Adam(first_lr, epsilon=ADAM_EPSILON), jit_compile=config.jit)
-    return trainer
-
-
-def run_folder(config: ClassifierConfig) -> Path:
-    """Where a run's checkpoints and logs go: out_dir/run/fold<k>."""
-    return Path(config.out_dir) / config.run_name / f"fold{config.fold}"
-
-
-def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = True) -> dict:
-    """Train one fold; rerunning the same command after an interruption resumes at the last finished
-    epoch. Returns a summary: folder, best epoch and its validation figures."""
+def start_session(config: RunConfig, progress: bool = True) -> Session:
+    """Validate the config, set precision and seeds, make the strategy and find the prepared data (the
+    synthetic demo is generated and prepared when no data_dir is given)."""
     config.validate()
     keras.config.set_dtype_policy(PRECISIONS[config.precision])
     keras.utils.set_random_seed(config.seed)
@@ -140,41 +105,66 @@ def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = Tr
     data_dir = Path(config.data_dir) if config.data_dir else demo_data_dir(config.img_size, progress)
     layout = DataLayout(data_dir)
     _check_caches(layout, config.img_size, config.tfrecords)
-    stats = layout.meta_dir / "stats.json"
-    mean, std = load_stats(stats if stats.is_file() else None)
-    train_ds, valid_ds, n_train, n_valid = _datasets(config, layout, strategy)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise TrainingSetupError(f"--batch-size {config.batch_size} is not divisible by the "
+                                 f"{strategy.num_replicas_in_sync} replicas")
+    return Session(strategy, layout, *worker_role(strategy))
 
-    chief, worker = worker_role(strategy)
-    folder = run_folder(config)
-    files = folder if chief else folder / f".scratch-{worker}"  # other workers' copies are thrown away
+
+def read_split(layout: DataLayout, name: str):
+    """The prepared split CSV `split/<name>`, or TrainingSetupError naming the prepare command."""
+    import pandas as pd
+
+    path = layout.split_dir / name
+    if not path.is_file():
+        raise TrainingSetupError(f"missing split file {path}: run "
+                                 f"`python -m hpa_tf.data.prepare --data-dir {layout.root}` first")
+    return pd.read_csv(path, dtype={"Id": str, "Target": str}, keep_default_na=False)
+
+
+def training_dataset(session: Session, builder, *args, **kwargs):
+    """A training pipeline: per-replica pipelines (distribute_datasets_from_function) under a strategy
+    with several replicas, the plain dataset otherwise."""
+    if session.replicas > 1:
+        function = pipeline.dataset_fn(builder, *args, **kwargs)
+        return session.strategy.distribute_datasets_from_function(function)
+    return builder(*args, **kwargs)
+
+
+def adam(config: RunConfig) -> keras.optimizers.Adam:
+    """Adam with eps 1e-8 and no weight decay, at the schedule's first learning rate."""
+    return keras.optimizers.Adam(learning_rate(config.schedule, 1, config.epochs, config.lr_scale),
+                                 epsilon=ADAM_EPSILON)
+
+
+def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds, valid_ds, folder: Path,
+            monitor: str, mode: str, description: str, callbacks=(), progress: bool = True) -> dict:
+    """Fit with the schedule, per-epoch and best checkpoints (by `monitor`, `mode` min or max), CSV log,
+    TensorBoard and BackupAndRestore (a rerun resumes); returns the summary of the best epoch."""
+    files = folder if session.chief else folder / f".scratch-{session.worker}"  # thrown away at the end
     files.mkdir(parents=True, exist_ok=True)
-    if chief:
-        write_json_atomic({**dataclasses.asdict(config), "data_dir": str(data_dir),
-                           "replicas": strategy.num_replicas_in_sync}, folder / "config.json")
-    print(f"training {config.backbone} fold {config.fold}: {n_train} train / {n_valid} valid images of "
-          f"{data_dir}, {config.img_size} -> {config.crop_size} px, batch {config.batch_size} over "
-          f"{strategy.num_replicas_in_sync} replica(s), {config.epochs} epochs of {config.schedule}; "
+    if session.chief:
+        write_json_atomic({**dataclasses.asdict(config), "data_dir": str(session.layout.root),
+                           "replicas": session.replicas}, folder / "config.json")
+    print(f"{description}; {session.replicas} replica(s), {config.epochs} epochs of {config.schedule}; "
           f"files in {folder}", flush=True)
-
-    with strategy.scope():
-        trainer = build_trainer(config, mean, std)
     schedule = keras.callbacks.LearningRateScheduler(
         lambda epoch, lr: learning_rate(config.schedule, epoch + 1, config.epochs, config.lr_scale))
     verbose = config.verbose if progress else 0
     # Keras' own epoch line shows the same figures when its progress output is on.
-    checkpoints = EpochCheckpoints(trainer.net, files, report=chief and verbose == 0)
-    fit_callbacks = [schedule, checkpoints, *callbacks,
+    checkpoints = EpochCheckpoints(trainer.net, files, monitor=monitor, mode=mode,
+                                   report=session.chief and verbose == 0)
+    fit_callbacks = [schedule, *callbacks, checkpoints,
                      keras.callbacks.CSVLogger(str(files / "log.csv"), append=True),
                      keras.callbacks.TensorBoard(str(files / "tensorboard")),
                      keras.callbacks.BackupAndRestore(str(files / "backup"), double_checkpoint=True)]
     trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks,
                 shuffle=False, verbose=verbose)
-    if not chief:
+    if not session.chief:
         shutil.rmtree(files, ignore_errors=True)
     summary = {"folder": str(folder), "best_epoch": checkpoints.best_epoch,
-               "best_weights": str(folder / "best.weights.h5"),
+               "best_weights": str(folder / BEST_WEIGHTS),
                "optimizer_steps": int(trainer.optimizer.iterations.numpy())}
-    best_state = folder / "best.json"
-    if chief and best_state.is_file():
-        summary.update(json.loads(best_state.read_text()))
+    if session.chief and (folder / BEST_STATE).is_file():
+        summary.update(json.loads((folder / BEST_STATE).read_text()))
     return summary

@@ -1,0 +1,68 @@
+"""Classifier training (spec 8.1): one fold, selected by the whole-split validation focal loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpa_tf.config import SPLITS, ClassifierConfig
+from hpa_tf.data import pipeline
+from hpa_tf.data.layout import DataLayout
+from hpa_tf.losses import classifier_loss
+from hpa_tf.models.classifier import build_classifier, load_stats
+from hpa_tf.training.loop import (
+    Session,
+    TrainingSetupError,
+    adam,
+    fit_run,
+    read_split,
+    start_session,
+    training_dataset,
+)
+from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
+from hpa_tf.training.trainer import GlobalBatchTrainer
+
+
+def split_frames(layout: DataLayout, split: str, fold: int):
+    """(train, valid) rows of fold `fold` of a prepared split (spec 3.1, 3.2)."""
+    folder = SPLITS[split]
+    return tuple(read_split(layout, f"{folder}/random_{part}_cv{fold}.csv") for part in ("train", "valid"))
+
+
+def run_folder(config: ClassifierConfig) -> Path:
+    """Where a run's checkpoints and logs go: out_dir/run/fold<k>."""
+    return Path(config.out_dir) / config.run_name / f"fold{config.fold}"
+
+
+def build_trainer(config: ClassifierConfig, layout: DataLayout) -> GlobalBatchTrainer:
+    """The classifier (normalised with the dataset's stats.json) wrapped for global-batch training and
+    compiled; call inside the strategy's scope."""
+    stats = layout.meta_dir / "stats.json"
+    mean, std = load_stats(stats if stats.is_file() else None)
+    net = build_classifier(config.backbone, weights=config.weights, large=config.large, mean=mean, std=std,
+                           dropout=config.dropout, sync_bn=config.sync_bn)
+    trainer = GlobalBatchTrainer(net, classifier_loss, clipnorm=config.clipnorm,
+                                 eval_metrics=[SplitFocalLoss(), SplitMacroF1(), ElementAccuracy()])
+    trainer.compile(adam(config), jit_compile=config.jit)
+    return trainer
+
+
+def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = True) -> dict:
+    """Train one fold; rerunning the same command after an interruption resumes at the last finished
+    epoch. Returns a summary: folder, best epoch and its validation figures."""
+    session: Session = start_session(config, progress)
+    train, valid = split_frames(session.layout, config.split, config.fold)
+    if len(train) < config.batch_size:
+        raise TrainingSetupError(f"fold {config.fold} has {len(train)} training images, fewer than one "
+                                 f"batch of {config.batch_size}")
+    source = session.source(config)
+    train_ds = training_dataset(session, pipeline.train_dataset, source, train, config.crop_size,
+                                config.batch_size, seed=config.seed)
+    # Validation stays one global-batch pipeline: Keras splits its batches, the last one included.
+    valid_ds = pipeline.valid_dataset(source, valid, config.crop_size, config.batch_size)
+    with session.strategy.scope():
+        trainer = build_trainer(config, session.layout)
+    description = (f"training {config.backbone} fold {config.fold}: {len(train)} train / {len(valid)} valid "
+                   f"images of {session.layout.root}, {config.img_size} -> {config.crop_size} px, batch "
+                   f"{config.batch_size}")
+    return fit_run(config, session, trainer, train_ds, valid_ds, run_folder(config), "val_focal", "min",
+                   description, callbacks, progress)
