@@ -93,6 +93,7 @@ class MetricConfig(RunConfig):
     dropout: bool = False  # the original's head dropouts were no-ops (spec 6.4)
     arc_scale: float = 30.0
     arc_margin: float = 0.5
+    nn_every: int = 1  # nearest-neighbour accuracy every this many epochs (0: never)
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [(self.embedding_dim > 0, "--embedding-dim must be positive")]
@@ -112,7 +113,7 @@ METRIC_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
                  epochs=10, lr_scale=10.0),
     "i768": dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
-                 epochs=50),
+                 epochs=50, nn_every=5),
 }
 
 

@@ -59,13 +59,18 @@ def _step_logs(metrics) -> dict:
 
 class GlobalBatchTrainer(keras.Model):
     """Trains `net` with `loss_fn(y_true, logits)` computed on the global batch, gradients clipped to a
-    global norm of `clipnorm`; evaluation updates `eval_metrics` (y_true, logits) on every batch."""
+    global norm of `clipnorm`; evaluation updates `eval_metrics` (y_true, logits) on every batch.
 
-    def __init__(self, net: keras.Model, loss_fn, clipnorm: float | None = 1.0, eval_metrics=(), **kwargs):
+    gather=False computes the loss on each replica's batch instead: right for a per-sample mean such as
+    ArcFace (the mean of equal-sized replica means is the global mean) and cheaper for wide outputs."""
+
+    def __init__(self, net: keras.Model, loss_fn, clipnorm: float | None = 1.0, eval_metrics=(),
+                 gather: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.net = net
         self.loss_fn = loss_fn
         self.clipnorm = clipnorm
+        self.gather = gather
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.eval_metrics = list(eval_metrics)
         self.built = net.built  # the wrapper adds no weights of its own; BackupAndRestore needs it built
@@ -96,7 +101,11 @@ class GlobalBatchTrainer(keras.Model):
         variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.net(images, training=True)
-            loss = self.loss_fn(_gather(labels, context), _gather(tf.cast(logits, tf.float32), context))
+            logits = tf.cast(logits, tf.float32)
+            if self.gather:
+                loss = self.loss_fn(_gather(labels, context), _gather(logits, context))
+            else:  # a per-sample mean: the replicas' summed gradients of loss / replicas are the global one
+                loss = self.loss_fn(labels, logits)
             scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, variables)
         if replicas > 1:

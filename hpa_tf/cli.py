@@ -1,0 +1,57 @@
+"""Command-line flags shared by the training CLIs (every RunConfig setting has one)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpa_tf.config import PRECISIONS, STRATEGIES
+from hpa_tf.training.schedules import SCHEDULES
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the RunConfig fields; None (the default) keeps the profile's value."""
+    add = parser.add_argument
+    add("--data-dir", default=None, help="prepared dataset root (python -m hpa_tf.data.prepare)")
+    add("--out", dest="out_dir", default=None, help="results root (default: runs)")
+    add("--run", default=None, help="run name (default: the profile name)")
+    add("--backbone", default=None,
+        help="keras.applications name (densenet121, resnet50, inceptionv3, ...) or densenet_A_B_C_D "
+             "(a DenseNet with those block counts, random weights)")
+    add("--weights", default=None, help="'imagenet' (downloads once), 'none' (random), or a weights file")
+    add("--img-size", type=int, default=None, help="resize cache to read (prepare --sizes)")
+    add("--batch-size", type=int, default=None, help="global batch, split over replicas")
+    add("--schedule", choices=sorted(SCHEDULES), default=None, help="learning-rate schedule by epoch")
+    add("--epochs", type=int, default=None, help="epochs; a schedule is stretched to fit other lengths")
+    add("--lr-scale", type=float, default=None, help="multiplies every learning rate of the schedule")
+    add("--clipnorm", type=float, default=None, help="global gradient norm limit (0: off)")
+    add("--seed", type=int, default=None, help="seed of weights init, crops and shuffling")
+    add("--tfrecords", action=argparse.BooleanOptionalAction, default=None,
+        help="read the TFRecord shards of prepare --tfrecords instead of the PNG caches")
+    add("--strategy", choices=STRATEGIES, default=None,
+        help="auto: MirroredStrategy on more than one GPU; multiworker reads TF_CONFIG")
+    add("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+        help="synchronise BatchNorm statistics across replicas (the reference did not)")
+    add("--precision", choices=sorted(PRECISIONS), default=None,
+        help="fp32, or mixed precision bf16 / fp16 (fp16 with dynamic loss scaling)")
+    add("--jit", action=argparse.BooleanOptionalAction, default=None, help="compile steps with XLA")
+    add("--quiet", action="store_true", help="no progress bars")
+
+
+def config_overrides(args: argparse.Namespace, skip=("profile", "quiet")) -> dict:
+    """The parsed flags as config overrides (flags that are not config fields skipped)."""
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def run_or_exit(action) -> int:
+    """Run `action()`; a configuration or setup error prints one line and gives exit status 2."""
+    from hpa_tf.config import ConfigError
+    from hpa_tf.embeddings import EmbeddingFileError
+    from hpa_tf.training.loop import TrainingSetupError
+
+    try:
+        action()
+    except (ConfigError, TrainingSetupError, EmbeddingFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,143 @@
+"""Metric learning (spec 8.2): the embedder + ArcMarginProduct trained with ArcFace on antibody codes
+of the "tr" antibody split, selected by validation MAP@5; nearest-neighbour accuracy per epoch
+(spec 10.4) and embedding extraction."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from hpa_tf.config import MetricConfig
+from hpa_tf.data import pipeline
+from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
+from hpa_tf.losses import arcface_loss
+from hpa_tf.models.metric import ArcMarginProduct, build_embedder
+from hpa_tf.training.loop import (
+    Session,
+    TrainingSetupError,
+    adam,
+    fit_run,
+    read_split,
+    start_session,
+    training_dataset,
+)
+from hpa_tf.training.split_metrics import RankHits
+from hpa_tf.training.trainer import GlobalBatchTrainer
+
+TRAIN_SPLIT = "external_tr_trainset_antibody_split.csv"
+VALID_SPLIT = "external_tr_validset_antibody_split.csv"
+# Extraction sets of spec 10.4: split file (None: the test set of sample_submission) and Kaggle folder.
+EXTRACT_SETS = {"test": (None, "test"), "ext": ("external_antibody_split.csv", "train"),
+                "train": ("external_trainset_antibody_split.csv", "train"),
+                "val": ("external_validset_antibody_split.csv", "train")}
+
+
+def run_folder(config: MetricConfig) -> Path:
+    """Where a metric run's checkpoints and logs go: out_dir/run (no fold level, spec 8.2)."""
+    return Path(config.out_dir) / config.run_name
+
+
+def number_of_classes(session: Session) -> int:
+    """Antibody classes: one more than the largest code of the split of all HPAv18 images."""
+    return int(read_split(session.layout, "external_antibody_split.csv")["antibody_code"].max()) + 1
+
+
+def build_network(config: MetricConfig, classes: int) -> keras.Model:
+    """images -> cosines to the antibody classes: the embedder (layer 'embedder') then ArcMarginProduct."""
+    embedder = build_embedder(config.backbone, weights=config.weights, embedding_dim=config.embedding_dim,
+                              dropout=config.dropout, sync_bn=config.sync_bn)
+    images = keras.Input((None, None, 4), name="images")
+    cosine = ArcMarginProduct(classes, name="arc_margin")(embedder(images))
+    return keras.Model(images, cosine, name="metric_net")
+
+
+def _frame(session: Session, name: str | None) -> pd.DataFrame:
+    """A split file, or the test Ids of sample_submission with no antibody (code -1)."""
+    if name is not None:
+        return read_split(session.layout, name)
+    frame = pd.read_csv(session.layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
+    return frame.assign(External="False", antibody_code=-1)
+
+
+def embed(embedder: keras.Model, session: Session, config: MetricConfig, frame: pd.DataFrame,
+          kaggle_split: str = "train", batch_size: int | None = None) -> np.ndarray:
+    """[N, D] float32 embeddings of a frame's images, in frame order (one pass, no TTA: spec 10.4)."""
+    source = pipeline.Source(session.layout, config.img_size, kaggle_split, config.tfrecords)
+    images = pipeline.metric_dataset(source, frame, batch_size or config.batch_size, training=False)
+    return embedder.predict(images.map(lambda x, y: x), verbose=0).astype(np.float32)
+
+
+class NeighbourAccuracy(keras.callbacks.Callback):
+    """Every `every` epochs, logs `val_nn_top1`: for each antibody-val image the most similar
+    antibody-train image (spec 10.4, each set standardised on its own) has the same antibody."""
+
+    def __init__(self, embed_frame, train: pd.DataFrame, valid: pd.DataFrame, every: int = 1):
+        super().__init__()
+        self.embed_frame, self.train, self.valid, self.every = embed_frame, train, valid, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        logs["val_nn_top1"] = nearest_neighbour_accuracy(
+            self.embed_frame(self.valid), self.valid["antibody_code"].to_numpy(),
+            self.embed_frame(self.train), self.train["antibody_code"].to_numpy())
+
+
+def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> dict:
+    """Train the metric model; a rerun after an interruption resumes. Returns the best epoch's summary."""
+    session = start_session(config, progress)
+    train, valid = read_split(session.layout, TRAIN_SPLIT), read_split(session.layout, VALID_SPLIT)
+    if len(train) < config.batch_size:
+        raise TrainingSetupError(f"{TRAIN_SPLIT} has {len(train)} rows, fewer than one batch of "
+                                 f"{config.batch_size}")
+    classes = number_of_classes(session)
+    source = session.source(config)
+    train_ds = training_dataset(session, pipeline.metric_dataset, source, train, config.batch_size,
+                                training=True, seed=config.seed)
+    valid_ds = pipeline.metric_dataset(source, valid, config.batch_size, training=False)
+    with session.strategy.scope():
+        net = build_network(config, classes)
+        loss = functools.partial(arcface_loss, s=config.arc_scale, m=config.arc_margin)
+        trainer = GlobalBatchTrainer(net, loss, clipnorm=config.clipnorm, gather=False,
+                                     eval_metrics=[RankHits("top1"), RankHits("top5"), RankHits("map5")])
+        trainer.compile(adam(config), jit_compile=config.jit)
+    extra = list(callbacks)
+    if config.nn_every and session.worker == "chief":  # predict() is not run under several workers
+        embedder = net.get_layer("embedder")
+        nn_train, nn_valid = (read_split(session.layout, EXTRACT_SETS[name][0]) for name in ("train", "val"))
+        extra.insert(0, NeighbourAccuracy(lambda frame: embed(embedder, session, config, frame),
+                                          nn_train, nn_valid, config.nn_every))
+    description = (f"training the {config.backbone} embedder on {classes} antibodies: {len(train)} train / "
+                   f"{len(valid)} valid images of {session.layout.root} at {config.img_size} px, batch "
+                   f"{config.batch_size}")
+    return fit_run(config, session, trainer, train_ds, valid_ds, run_folder(config), "val_map5", "max",
+                   description, extra, progress)
+
+
+def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.h5",
+            progress: bool = True) -> list[Path]:
+    """Write `embeddings_<set>.npz` (feats [N, D] float32, ids) for each of test / ext / train / val into
+    the run folder, from the run's checkpoint `weights`."""
+    unknown = [s for s in sets if s not in EXTRACT_SETS]
+    if unknown:
+        raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
+    config.strategy = "default"
+    session = start_session(config, progress)
+    folder = run_folder(config)
+    checkpoint = folder / weights
+    if not checkpoint.is_file():
+        raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
+    net = build_network(config, number_of_classes(session))
+    net.load_weights(checkpoint)
+    written = []
+    for name in sets:
+        split_file, kaggle_split = EXTRACT_SETS[name]
+        frame = _frame(session, split_file)
+        feats = embed(net.get_layer("embedder"), session, config, frame, kaggle_split)
+        written.append(save_embeddings(folder / f"embeddings_{name}.npz", feats, frame["Id"]))
+        print(f"{name}: {len(frame)} embeddings of dimension {feats.shape[1]} -> {written[-1]}", flush=True)
+    return written

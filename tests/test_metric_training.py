@@ -1,0 +1,121 @@
+"""Embedding files and nearest neighbours (spec 10.4), metric-model training and extraction on `tiny`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.preprocessing import scale
+
+from hpa_tf.config import metric_config
+from hpa_tf.embeddings import (
+    EmbeddingFileError,
+    exact_neighbours,
+    load_embeddings,
+    matching_space,
+    nearest_neighbour_accuracy,
+    save_embeddings,
+    standardize_columns,
+)
+from hpa_tf.training.loop import TrainingSetupError
+from hpa_tf.training.metric import extract, train_metric
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_embedding_file_round_trip_without_pickle(tmp_path):
+    feats = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float64)
+    path = save_embeddings(tmp_path / "e.npz", feats, ["a", "b", "c", "d", "e"])
+    with np.load(path, allow_pickle=False) as data:
+        assert data["feats"].dtype == np.float32 and data["ids"].dtype.kind == "U"
+    loaded, ids = load_embeddings(path)
+    np.testing.assert_array_equal(loaded, feats.astype(np.float32))
+    assert ids.tolist() == ["a", "b", "c", "d", "e"]
+
+
+def test_bad_embedding_files_are_named(tmp_path):
+    with pytest.raises(EmbeddingFileError, match="missing.npz"):
+        load_embeddings(tmp_path / "missing.npz")
+    np.savez(tmp_path / "keys.npz", x=np.zeros((2, 3)))
+    with pytest.raises(EmbeddingFileError, match="'feats' and 'ids'"):
+        load_embeddings(tmp_path / "keys.npz")
+    np.savez(tmp_path / "rows.npz", feats=np.zeros((2, 3)), ids=np.array(["a"]))
+    with pytest.raises(EmbeddingFileError, match="do not match"):
+        load_embeddings(tmp_path / "rows.npz")
+    with pytest.raises(EmbeddingFileError, match="one id per row"):
+        save_embeddings(tmp_path / "x.npz", np.zeros((3, 2)), ["a"])
+
+
+def test_standardisation_matches_sklearn_scale_and_neighbours_match_brute_force():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(3.0, 2.0, size=(40, 6))
+    feats[:, 2] = 5.0  # a constant column
+    np.testing.assert_allclose(standardize_columns(feats), scale(feats), atol=1e-5)
+    queries, references = matching_space(rng.normal(size=(17, 6))), matching_space(rng.normal(size=(50, 6)))
+    indices, scores = exact_neighbours(queries, references, k=3, chunk=5)
+    sims = queries @ references.T
+    np.testing.assert_array_equal(indices, np.argsort(-sims, axis=1)[:, :3])
+    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :3], rtol=1e-6)
+
+
+def test_nearest_neighbour_accuracy_on_a_hand_made_case():
+    references = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], float)
+    queries = np.array([[0.9, 0.1, 0.0], [0.0, 0.1, 0.9], [0.1, 0.9, 0.1]], float)
+    # per-set standardisation changes the geometry; compute the expectation the same documented way
+    best = (matching_space(queries) @ matching_space(references).T).argmax(1)
+    labels_ref = np.array([10, 11, 12, 13])
+    query_labels = labels_ref[best].copy()
+    query_labels[0] = 99  # one miss
+    assert nearest_neighbour_accuracy(queries, query_labels, references, labels_ref) == pytest.approx(2 / 3)
+
+
+def _config(root, out, **overrides):
+    values = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=3, verbose=0)
+    return metric_config("demo", **{**values, **overrides})
+
+
+def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prepared, tmp_path):
+    root, _ = prepared
+    config = _config(root, tmp_path)
+    summary = train_metric(config, progress=False)
+    folder = tmp_path / "demo"
+    log = pd.read_csv(folder / "log.csv")
+    assert log["epoch"].tolist() == [0, 1, 2]
+    assert log["loss"].iloc[-1] < log["loss"].iloc[0]
+    for column in ("val_top1", "val_top5", "val_map5", "val_nn_top1"):
+        assert log[column].between(0, 1).all()
+    assert (log["val_top1"] <= log["val_map5"] + 1e-6).all()
+    assert (log["val_map5"] <= log["val_top5"] + 1e-6).all()
+    assert summary["best_epoch"] == int(log["val_map5"].idxmax()) + 1  # best by MAP@5 (the first of ties)
+
+    paths = extract(config, ["val", "test"], progress=False)
+    assert [p.name for p in paths] == ["embeddings_val.npz", "embeddings_test.npz"]
+    feats, ids = load_embeddings(paths[0])
+    valid = pd.read_csv(Path(root) / "split" / "external_validset_antibody_split.csv", dtype=str)
+    assert feats.shape == (len(valid), 512) and feats.dtype == np.float32
+    assert ids.tolist() == valid["Id"].tolist()
+    test_ids = pd.read_csv(Path(root) / "raw" / "sample_submission.csv", dtype=str)["Id"].tolist()
+    assert load_embeddings(paths[1])[1].tolist() == test_ids
+    again = extract(config, ["val"], progress=False)[0]
+    np.testing.assert_array_equal(load_embeddings(again)[0], feats)
+
+
+def test_extraction_without_a_checkpoint_and_unknown_sets_fail_clearly(prepared, tmp_path):
+    root, _ = prepared
+    with pytest.raises(TrainingSetupError, match="best.weights.h5 not found"):
+        extract(_config(root, tmp_path), ["test"], progress=False)
+    with pytest.raises(TrainingSetupError, match="unknown extraction set"):
+        extract(_config(root, tmp_path), ["holdout"], progress=False)
+
+
+def test_cli_help_lists_the_flags():
+    done = subprocess.run([sys.executable, str(ROOT / "train_metric.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0
+    for flag in ("--extract", "--checkpoint", "--embedding-dim", "--nn-every", "--strategy", "--precision",
+                 "--dropout", "--profile"):
+        assert flag in done.stdout
