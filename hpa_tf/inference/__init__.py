@@ -1,0 +1,1 @@
+"""Inference: TTA and fold ensembles, thresholds and label replacement, submissions."""
