@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "--data-dir it uses the small 'demo' profile on the embedded synthetic dataset. Files go "
                     "to OUT/RUN. A killed run resumes when rerun with the same command.")
     parser.add_argument("--profile", choices=sorted(METRIC_PROFILES), default=None,
-                        help="demo: small DenseNet embedder from scratch at 64 px, 10 epochs (default "
+                        help="demo: small DenseNet embedder from scratch at 64 px, 16 epochs (default "
                              "without --data-dir); i768: ResNet50 at 768, batch 32, FaceAdam, 50 epochs")
     parser.add_argument("--embedding-dim", type=int, default=None, help="feature size (default 512)")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None,

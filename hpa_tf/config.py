@@ -111,7 +111,7 @@ CLASSIFIER_PROFILES: dict[str, dict] = {
 # Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
 METRIC_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
-                 epochs=10, lr_scale=10.0),
+                 epochs=16, lr_scale=10.0),
     "i768": dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
                  epochs=50, nn_every=5),
 }
