@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpa_tf.cli import add_run_arguments, config_overrides, run_or_exit
+from hpa_tf.cli import add_run_arguments, config_overrides, default_profile, run_or_exit
 from hpa_tf.config import CLASSIFIER_PROFILES, SPLITS
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpa_tf.training.classifier import train_classifier
 
     def action():
-        profile = args.profile or ("i768" if args.data_dir else "demo")
+        profile = default_profile(args)
         config = classifier_config(profile, **config_overrides(args))
         summary = train_classifier(config, progress=not args.quiet)
         print(f"best epoch {summary['best_epoch']}: val focal {summary['val_focal']:.4f}, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpa_tf.cli import add_run_arguments, config_overrides, run_or_exit
+from hpa_tf.cli import add_run_arguments, config_overrides, default_profile, run_or_exit
 from hpa_tf.config import METRIC_PROFILES
 
 
@@ -15,8 +15,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python train_metric.py",
         description="Train the metric-learning embedder (ArcFace on antibody codes of the 'tr' antibody "
                     "split), or with --extract write embeddings_<set>.npz from a trained run. With no "
-                    "--data-dir it uses the small 'demo' profile on the embedded synthetic dataset. Files go "
-                    "to OUT/RUN. A killed run resumes when rerun with the same command.")
+                    "--data-dir it uses the small 'demo' profile on the embedded synthetic dataset. Files "
+                    "go to OUT/RUN (default runs/metric_<profile>). A killed run resumes when rerun with "
+                    "the same command.")
     parser.add_argument("--profile", choices=sorted(METRIC_PROFILES), default=None,
                         help="demo: small DenseNet embedder from scratch at 64 px, 16 epochs (default "
                              "without --data-dir); i768: ResNet50 at 768, batch 32, FaceAdam, 50 epochs")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpa_tf.training.metric import extract, train_metric
 
     def action():
-        profile = args.profile or ("i768" if args.data_dir else "demo")
+        profile = default_profile(args)
         config = metric_config(profile, **config_overrides(args, skip=("profile", "quiet", "extract",
                                                                        "checkpoint")))
         if args.extract:

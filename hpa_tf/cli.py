@@ -38,6 +38,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quiet", action="store_true", help="no progress bars")
 
 
+def default_profile(args: argparse.Namespace) -> str:
+    """--profile, else the reference profile i768 with --data-dir and the demo without."""
+    return args.profile or ("i768" if args.data_dir else "demo")
+
+
 def config_overrides(args: argparse.Namespace, skip=("profile", "quiet")) -> dict:
     """The parsed flags as config overrides (flags that are not config fields skipped)."""
     return {k: v for k, v in vars(args).items() if k not in skip}

@@ -95,6 +95,10 @@ class MetricConfig(RunConfig):
     arc_margin: float = 0.5
     nn_every: int = 1  # nearest-neighbour accuracy every this many epochs (0: never)
 
+    @property
+    def run_name(self) -> str:
+        return self.run or f"metric_{self.profile}"
+
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [(self.embedding_dim > 0, "--embedding-dim must be positive")]
 

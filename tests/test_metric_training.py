@@ -82,7 +82,7 @@ def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prep
     root, _ = prepared
     config = _config(root, tmp_path)
     summary = train_metric(config, progress=False)
-    folder = tmp_path / "demo"
+    folder = tmp_path / "metric_demo"
     log = pd.read_csv(folder / "log.csv")
     assert log["epoch"].tolist() == [0, 1, 2]
     assert log["loss"].iloc[-1] < log["loss"].iloc[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hpa_tf.labels import NUM_CLASSES
 
@@ -63,3 +64,11 @@ def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     probs = np.array(probs, dtype=np.float64)
     probs[np.arange(len(probs)), probs.argmax(axis=1)] = 1.0
     return (probs > np.asarray(thresholds)[None, :]).astype(np.int8)
+
+
+def leak_replace(ids: list[str], targets: list[str], leak: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Spec 10.3: every test Id of the leak table (our test<->HPAv18 pHash matches) takes its matched
+    HPAv18 image's Target; returns (new targets, mask of replaced rows)."""
+    known = dict(zip(leak["Id"].astype(str), leak["Target"].astype(str), strict=True))
+    replaced = np.array([i in known for i in ids])
+    return [known.get(i, t) for i, t in zip(ids, targets, strict=True)], replaced

@@ -37,7 +37,8 @@ EXTRACT_SETS = {"test": (None, "test"), "ext": ("external_antibody_split.csv", "
 
 
 def run_folder(config: MetricConfig) -> Path:
-    """Where a metric run's checkpoints and logs go: out_dir/run (no fold level, spec 8.2)."""
+    """Where a metric run's checkpoints and logs go: out_dir/run, default run metric_<profile> (no fold
+    level, spec 8.2)."""
     return Path(config.out_dir) / config.run_name
 
 

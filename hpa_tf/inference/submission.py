@@ -1,0 +1,126 @@
+"""The submission (spec 12: `Id,Predicted`, sample_submission order, ascending labels) and the whole
+inference run of spec 9-10: TTA + fold ensemble, duplicate means, ratio thresholds with the top-1 rule,
+leak replacement, then nearest-HPAv18 label replacement by the metric embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpa_tf.atomic import write_csv_atomic
+from hpa_tf.data import pipeline
+from hpa_tf.data.layout import DataLayout
+from hpa_tf.embeddings import load_embeddings
+from hpa_tf.inference.neighbors import match, replace_labels
+from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
+from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
+from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
+from hpa_tf.metrics import macro_f1
+
+
+class InferenceError(ValueError):
+    """A missing checkpoint or embedding file, or inputs that do not match."""
+
+
+@dataclass
+class InferenceOptions:
+    """What `python infer.py --submission` does; see its --help."""
+
+    folds: list[str]  # run fold folders with best.weights.h5
+    output: Path = Path("submission.csv")
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    combine: str = "max"
+    ratio_source: str = "train"
+    leak: bool = True
+    metric_run: Path | None = None  # folder with embeddings_test.npz and embeddings_ext.npz
+    match_threshold: float = 0.65
+    batch_size: int = 4
+
+
+def write_submission(path: str | Path, ids: list[str], targets: list[str]) -> Path:
+    """`Id,Predicted` with ascending space-separated labels, atomically."""
+    normalised = [format_target(parse_target(t)) for t in targets]
+    write_csv_atomic(pd.DataFrame({"Id": ids, "Predicted": normalised}), path)
+    return Path(path)
+
+
+def class_counts(steps: list[tuple[str, list[str]]]) -> pd.DataFrame:
+    """Predicted images per class after each step (rows: classes; columns: steps)."""
+    return pd.DataFrame({name: targets_to_matrix(targets).sum(0).astype(int) for name, targets in steps},
+                        index=LABEL_NAMES)
+
+
+def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame) -> np.ndarray:
+    """Fold mean of the TTA probabilities of every fold run (each saved as prob_test.npy beside it)."""
+    fold_probs = []
+    for folder in options.folds:
+        model, config = load_run_model(folder)
+        source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
+        probs = tta_probabilities(model, source, test, config["crop_size"], options.seeds, options.combine,
+                                  options.batch_size)
+        np.save(Path(folder) / "prob_test.npy", probs)
+        fold_probs.append(probs)
+        print(f"{folder}: TTA probabilities of {len(test)} test images", flush=True)
+    return np.mean(fold_probs, axis=0)
+
+
+def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[str], targets: list[str]):
+    """Spec 10.5: targets replaced from the nearest HPAv18 image (cosine > threshold)."""
+    test_feats, test_ids = load_embeddings(options.metric_run / "embeddings_test.npz")
+    ext_feats, ext_ids = load_embeddings(options.metric_run / "embeddings_ext.npz")
+    if test_ids.tolist() != list(ids):
+        raise InferenceError(f"{options.metric_run / 'embeddings_test.npz'}: its ids are not the test Ids "
+                             "of sample_submission in order; extract them again (train_metric.py --extract)")
+    if test_feats.shape[1] != ext_feats.shape[1]:
+        raise InferenceError(f"embedding dimensions differ: test {test_feats.shape[1]}, "
+                             f"ext {ext_feats.shape[1]}")
+    corrected = pd.read_csv(layout.meta_dir / "external_antibody_correct_meta.csv", dtype=str,
+                            keep_default_na=False).set_index("Id")["Target"]
+    missing = [i for i in ext_ids if i not in corrected.index]
+    if missing:
+        raise InferenceError(f"embeddings_ext.npz has {len(missing)} ids without labels, e.g. {missing[0]}")
+    best, cosine = match(test_feats, ext_feats, k=1)
+    return replace_labels(targets, best[:, 0], cosine[:, 0], corrected.loc[ext_ids].tolist(),
+                          options.match_threshold)
+
+
+def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
+    """Run every step, write the submission and return {step name: targets}, plus macro-F1 per step
+    where the truth is known (the synthetic test_truth.csv)."""
+    layout = DataLayout(data_dir)
+    test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
+    ids = test["Id"].tolist()
+    if options.metric_run is not None:  # fail before the long part
+        for name in ("embeddings_test.npz", "embeddings_ext.npz"):
+            if not (options.metric_run / name).is_file():
+                raise InferenceError(f"{options.metric_run / name} not found: run "
+                                     f"`python train_metric.py --extract test ext` first")
+    probs = ensemble_probabilities(options, layout, test)
+    pairs = pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str)
+    probs = group_mean(probs, duplicate_groups(ids, pairs))
+    np.save(Path(options.output).with_suffix(".prob.npy"), probs)
+    train_labels = targets_to_matrix(pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str,
+                                                 keep_default_na=False)["Target"])
+    steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
+    thresholds = fit_thresholds(probs, ratios(options.ratio_source, train_labels))
+    steps.append(("thresholds", multihot_targets(apply_thresholds(probs, thresholds))))
+    if options.leak:
+        leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
+        steps.append(("leak", leak_replace(ids, steps[-1][1], leak)[0]))
+    if options.metric_run is not None:
+        steps.append(("neighbours", neighbour_targets(options, layout, ids, steps[-1][1])[0]))
+    write_submission(options.output, ids, steps[-1][1])
+    scores = {}
+    if layout.test_truth_csv.is_file():
+        truth = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False).set_index("Id")
+        truth_matrix = targets_to_matrix(truth.loc[ids, "Target"])
+        scores = {name: macro_f1(truth_matrix, targets_to_matrix(targets)) for name, targets in steps}
+    return {"steps": steps, "scores": scores, "thresholds": thresholds}
+
+
+def multihot_targets(labels: np.ndarray) -> list[str]:
+    """Target strings of binary [N, 28] rows."""
+    return [multihot_to_target(row) for row in labels]

@@ -1,0 +1,78 @@
+"""Predict the test set and write the submission (spec 9-10); see `python infer.py --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python infer.py",
+        description="With --submission: TTA predictions of every trained fold, fold mean, test duplicate "
+                    "group means, per-class thresholds matching label ratios with the top-1 rule, leak "
+                    "replacement, then label replacement from the nearest HPAv18 image by the metric "
+                    "embedding. With no --data-dir it uses the demo runs on the embedded synthetic dataset "
+                    "and prints the macro-F1 after each step.")
+    add = parser.add_argument
+    add("--submission", action="store_true", help="write the submission (the only action so far)")
+    add("--data-dir", default=None, help="prepared dataset root (default: the synthetic demo dataset)")
+    add("--runs", default="runs", help="results root of train_classifier.py / train_metric.py")
+    add("--run", default=None, help="classifier run name (default: demo, or i768 with --data-dir)")
+    add("--folds", type=int, nargs="+", default=None, help="folds to ensemble (default: every trained one)")
+    add("--seeds", type=int, nargs="+", default=None,
+        help="TTA seeds: 0 = whole image, s >= 1 a random-scale crop; each gives 8 dihedral views "
+             "(default 0 1 2 3; the demo: 0)")
+    add("--tta", choices=["max", "mean"], default="max", help="how the views of an image are combined")
+    add("--ratios", default="train",
+        help="label ratios for the thresholds: train, lb (the public-LB vector), mean (of the two), or a "
+             "file of 28 numbers")
+    add("--no-leak", action="store_true", help="skip the test<->HPAv18 pHash leak replacement")
+    add("--metric-run", default=None,
+        help="folder with embeddings_test.npz / embeddings_ext.npz (default RUNS/metric_demo or "
+             "RUNS/metric_i768); 'none' skips the replacement")
+    add("--match-threshold", type=float, default=0.65, help="replace labels when the best cosine is above")
+    add("--output", default="submission.csv", help="submission file (written atomically)")
+    add("--batch-size", type=int, default=4, help="images per forward pass (each with all its views)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.submission:
+        print("nothing to do: pass --submission (see --help)", file=sys.stderr)
+        return 2
+    from hpa_tf.embeddings import EmbeddingFileError
+    from hpa_tf.inference.submission import InferenceError, InferenceOptions, class_counts, make_submission
+
+    demo = args.data_dir is None
+    run = Path(args.runs) / (args.run or ("demo" if demo else "i768"))
+    folds = [run / f"fold{k}" for k in args.folds] if args.folds else \
+        sorted(p for p in run.glob("fold*") if (p / "best.weights.h5").is_file())
+    metric_run = None if str(args.metric_run).lower() == "none" else \
+        Path(args.metric_run or Path(args.runs) / ("metric_demo" if demo else "metric_i768"))
+    try:
+        if not folds:
+            raise InferenceError(f"no trained fold in {run}: run `python train_classifier.py` first")
+        # the dataset the classifier runs were trained on, unless named
+        data_dir = args.data_dir or json.loads((folds[0] / "config.json").read_text())["data_dir"]
+        options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
+                                   seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
+                                   combine=args.tta, ratio_source=args.ratios, leak=not args.no_leak,
+                                   metric_run=metric_run, match_threshold=args.match_threshold,
+                                   batch_size=args.batch_size)
+        result = make_submission(options, data_dir)
+    except (InferenceError, EmbeddingFileError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(class_counts(result["steps"]).to_string())
+    for name, score in result["scores"].items():
+        print(f"macro-F1 after {name}: {score:.4f}")
+    print(f"submission written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Inference: TTA and duplicate means (spec 9), leak and neighbour replacement (spec 10.3-10.5), ScaNN
+against exact search, the submission file and `python infer.py --submission` on the tiny dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import infer
+from hpa_tf.config import classifier_config, metric_config
+from hpa_tf.data import pipeline
+from hpa_tf.data.layout import DataLayout
+from hpa_tf.embeddings import matching_space, save_embeddings
+from hpa_tf.inference.neighbors import NeighbourIndex, replace_labels, threshold_sweep
+from hpa_tf.inference.postprocess import leak_replace
+from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
+from hpa_tf.inference.submission import write_submission
+from hpa_tf.labels import parse_target
+from hpa_tf.training.classifier import train_classifier
+from hpa_tf.training.metric import extract, train_metric
+
+
+def test_duplicate_groups_are_connected_components_and_get_their_mean():
+    ids = ["a", "b", "c", "d", "e"]
+    pairs = pd.DataFrame({"Test1": ["a", "b", "x"], "Test2": ["b", "c", "d"]})  # a-b-c chained; x unknown
+    groups = duplicate_groups(ids, pairs)
+    assert groups[0] == groups[1] == groups[2] and len({groups[0], groups[3], groups[4]}) == 3
+    probs = np.arange(15, dtype=np.float32).reshape(5, 3)
+    averaged = group_mean(probs, groups)
+    np.testing.assert_allclose(averaged[:3], np.tile(probs[:3].mean(0), (3, 1)))
+    np.testing.assert_array_equal(averaged[3:], probs[3:])
+
+
+def test_leak_and_neighbour_replacement_replace_whole_sets_strictly_above_the_threshold():
+    targets, replaced = leak_replace(["a", "b"], ["0 1", "2"], pd.DataFrame({"Id": ["b"], "Target": ["5 7"]}))
+    assert targets == ["0 1", "5 7"] and replaced.tolist() == [False, True]
+    targets, replaced = replace_labels(["0 1", "2", "3"], np.array([1, 0, 1]), np.array([0.65, 0.66, 0.9]),
+                                       ["25", "4 6"], threshold=0.65)
+    assert targets == ["0 1", "25", "4 6"] and replaced.tolist() == [False, True, True]
+
+
+def test_threshold_sweep_counts():
+    rows = threshold_sweep(np.array([0.61, 0.70, 0.75, 0.5]), np.array([True, True, False, True]),
+                           np.array([True, False, False, True]), thresholds=[0.6, 0.72])
+    assert rows[0] == {"threshold": 0.6, "selected": 3, "matched": 2, "correct": 1, "accuracy": 1 / 3,
+                       "recall": 0.25, "f1": pytest.approx(2 * (1 / 3) * 0.25 / (1 / 3 + 0.25))}
+    assert rows[1]["selected"] == 1 and rows[1]["correct"] == 0 and rows[1]["f1"] == 0.0
+
+
+def _clustered(rng, n, centres):
+    return centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, centres.shape[1]))
+
+
+def test_scann_recall_against_exact_search_and_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 64))
+    references = matching_space(_clustered(rng, 5000, centres))
+    queries = matching_space(_clustered(rng, 300, centres))
+    exact = NeighbourIndex.build(references, exact=True)
+    scann_index = NeighbourIndex.build(references)
+    assert scann_index.searcher is not None and exact.searcher is None
+    truth, truth_scores = exact.search(queries, k=1)
+    found, scores = scann_index.search(queries, k=1)
+    assert np.mean(found[:, 0] == truth[:, 0]) >= 0.95
+    np.testing.assert_allclose(scores[found == truth], truth_scores[found == truth], atol=1e-4)
+    loaded = NeighbourIndex.load(scann_index.save(tmp_path / "index"))
+    np.testing.assert_array_equal(loaded.search(queries, k=1)[0], found)
+    with pytest.raises(FileNotFoundError, match="NeighbourIndex.save"):
+        NeighbourIndex.load(tmp_path)
+
+
+def test_submission_file_parses_back(tmp_path):
+    path = write_submission(tmp_path / "s.csv", ["a", "b"], ["7 0 3", "25"])
+    frame = pd.read_csv(path, dtype=str)
+    assert frame.columns.tolist() == ["Id", "Predicted"]
+    assert frame["Predicted"].tolist() == ["0 3 7", "25"]
+    assert [parse_target(t) for t in frame["Predicted"]] == [[0, 3, 7], [25]]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(prepared, tmp_path_factory):
+    """A 1-epoch classifier fold and a 1-epoch metric run on `tiny`, with test and ext embeddings."""
+    root, _ = prepared
+    out = tmp_path_factory.mktemp("runs")
+    common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
+    train_classifier(classifier_config("demo", crop_size=32, **common), progress=False)
+    metric = metric_config("demo", nn_every=0, **common)
+    train_metric(metric, progress=False)
+    extract(metric, ["test", "ext"], progress=False)
+    return root, out
+
+
+def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
+    root, out = trained_runs
+    model, config = load_run_model(out / "demo" / "fold0")
+    frame = pd.read_csv(DataLayout(root).sample_submission_csv, dtype=str)[["Id"]].head(3)
+    source = pipeline.Source(DataLayout(root), 64, "test")
+    got = tta_probabilities(model, source, frame, 32, seeds=(0,), batch_size=2)
+    whole = next(iter(pipeline.valid_dataset(source, frame, 32, 3)))[0].numpy()
+    views = []
+    for image in whole:
+        for k in range(4):
+            views += [np.rot90(image, k), np.rot90(image[:, ::-1], k)]  # the 8 elements of D4
+    probs = 1 / (1 + np.exp(-model.predict(np.stack(views), verbose=0)))
+    np.testing.assert_allclose(got, probs.reshape(3, 8, 28).max(axis=1), rtol=1e-4, atol=1e-5)
+
+
+def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
+    root, out = trained_runs
+    output = tmp_path / "submission.csv"
+    args = ["--submission", "--data-dir", str(root), "--runs", str(out), "--run", "demo", "--seeds", "0",
+            "--metric-run", str(out / "metric_demo"), "--output", str(output)]
+    assert infer.main(args) == 0
+    printed = capsys.readouterr().out
+    for step in ("cnn@0.5", "thresholds", "leak", "neighbours"):
+        assert f"macro-F1 after {step}:" in printed
+    submission = pd.read_csv(output, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(DataLayout(root).sample_submission_csv, dtype=str)
+    assert submission["Id"].tolist() == sample["Id"].tolist()
+    for target in submission["Predicted"]:
+        labels = parse_target(target)
+        assert labels and labels == sorted(labels)  # the top-1 rule: never empty
+    leak = pd.read_csv(DataLayout(root).meta_dir / "test_leak_meta.csv", dtype=str).set_index("Id")
+    merged = submission.set_index("Id").loc[leak.index]
+    # a leaked image keeps its HPAv18 labels unless a nearer neighbour replaced them afterwards
+    assert (merged["Predicted"] == leak["Target"]).mean() >= 0.5
+
+
+def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(trained_runs, tmp_path, capsys):
+    root, out = trained_runs
+    output = tmp_path / "submission.csv"
+    base = ["--submission", "--data-dir", str(root), "--runs", str(out), "--run", "demo", "--seeds", "0",
+            "--output", str(output)]
+    assert infer.main([*base, "--metric-run", str(tmp_path)]) == 2
+    assert "embeddings_test.npz not found" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    save_embeddings(bad / "embeddings_test.npz", np.zeros((2, 512)), ["x", "y"])
+    save_embeddings(bad / "embeddings_ext.npz", np.zeros((2, 512)), ["x", "y"])
+    assert infer.main([*base, "--metric-run", str(bad)]) == 2
+    assert "not the test Ids" in capsys.readouterr().err
+    assert infer.main([*base, "--run", "nothing"]) == 2
+    assert "no trained fold" in capsys.readouterr().err
+    assert not output.exists()
