@@ -1,12 +1,11 @@
 """Training throughput of the classifier: the Keras fit path (GlobalBatchTrainer, what
-train_classifier.py runs) vs a hand-written tf.function step, each with and without XLA (--jit), and the
-fit path with Keras' own BatchNormalization instead of the fused kernel (fit-kerasbn).
+train_classifier.py runs) vs a hand-written tf.function step, each with and without XLA (--jit).
 
 Images are random tensors already in memory, so the figure is the model step alone (the input pipeline
 has its own benchmark). Also prints the model's forward FLOPs per image, so that MFU can be read off:
 MFU = images/s x 3 x forward FLOPs / peak FLOP/s (backward ~ 2x forward).
 
-    python benchmarks/train_step.py --variants fit step fit-kerasbn   # DenseNet121, 128 px, batch 16
+    python benchmarks/train_step.py                       # DenseNet121, crop 128, batch 16, CPU
     python benchmarks/train_step.py --crop 512 --batch 32 --precision bf16 --variants fit-jit step-jit
 
 Last line: `train_images_per_s: <value>` of the Keras fit path without XLA (the default training path).
@@ -19,7 +18,7 @@ import time
 
 import numpy as np
 
-VARIANTS = ("fit", "step", "fit-jit", "step-jit", "fit-kerasbn")
+VARIANTS = ("fit", "step", "fit-jit", "step-jit")
 
 
 def parse_args():
@@ -63,7 +62,7 @@ class Variant:
 
         self.name = name
         jit = name.endswith("-jit")
-        net = build_classifier(args.backbone, weights=None, fused_bn=not name.endswith("-kerasbn"))
+        net = build_classifier(args.backbone, weights=None)
         if name.startswith("fit"):
             trainer = GlobalBatchTrainer(net, classifier_loss, clipnorm=1.0)
             trainer.compile(keras.optimizers.Adam(3e-4, epsilon=1e-8), jit_compile=jit)

@@ -7,7 +7,6 @@ import json
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from hpa_tf.models.backbones import BackboneError, adapt, application_names, backbone, source_model
 from hpa_tf.models.classifier import REFERENCE_MEAN, REFERENCE_STD, build_classifier, load_stats
@@ -148,50 +147,3 @@ def test_mixed_precision_still_gives_float32_logits():
         assert model(rgb0).dtype == "float32"
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-@pytest.mark.parametrize("center, scale", [(True, True), (False, False)])
-def test_fused_batchnorm_equals_keras_batchnorm(center, scale):
-    from hpa_tf.models.fused_batchnorm import FusedBatchNorm
-
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(6, 5, 7, 3)) * 2 + 1).astype("float32")
-    settings = dict(momentum=0.9, epsilon=1.001e-5, center=center, scale=scale)
-    fused, plain = FusedBatchNorm(**settings), keras.layers.BatchNormalization(**settings)
-    fused.build(x.shape), plain.build(x.shape)
-    weights = [rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()[:-2]]
-    for layer in (fused, plain):
-        layer.set_weights([*weights, np.full(3, 0.2, "float32"), np.full(3, 1.5, "float32")])
-    variable = tf.Variable(x)
-    outputs, grads = [], []
-    for layer in (fused, plain):
-        with tf.GradientTape() as tape:
-            y = layer(variable, training=True)
-            loss = tf.reduce_sum(y * np.arange(3, dtype="float32"))
-        outputs.append(y.numpy())
-        grads.append(tape.gradient(loss, [variable, *layer.trainable_weights]))
-    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
-    for a, b in zip(grads[0], grads[1], strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3)
-    flat = x.reshape(-1, 3)
-    np.testing.assert_allclose(fused.moving_mean.numpy(), 0.9 * 0.2 + 0.1 * flat.mean(0), rtol=1e-5)
-    # running variance from the unbiased batch variance, as PyTorch; Keras uses the biased one
-    unbiased = 0.9 * 1.5 + 0.1 * flat.var(0, ddof=1)
-    np.testing.assert_allclose(fused.moving_variance.numpy(), unbiased, rtol=1e-4)
-    np.testing.assert_allclose(plain.moving_variance.numpy(), 0.9 * 1.5 + 0.1 * flat.var(0), rtol=1e-4)
-    plain.moving_variance.assign(fused.moving_variance)  # inference: the same statistics, the same output
-    np.testing.assert_allclose(fused(x, training=False).numpy(), plain(x, training=False).numpy(),
-                               rtol=1e-4, atol=1e-4)
-
-
-def test_backbones_use_the_fused_kernel_unless_synchronised():
-    from hpa_tf.models.fused_batchnorm import FusedBatchNorm
-
-    def kinds(net):
-        return {type(layer).__name__ for layer in net.layers
-                if isinstance(layer, keras.layers.BatchNormalization)}
-
-    assert kinds(backbone(MINI, weights=None)) == {"FusedBatchNorm"}
-    assert kinds(backbone(MINI, weights=None, sync_bn=True)) == {"BatchNormalization"}
-    assert kinds(backbone(MINI, weights=None, fused_bn=False)) == {"BatchNormalization"}
-    assert issubclass(FusedBatchNorm, keras.layers.BatchNormalization)

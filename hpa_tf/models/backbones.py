@@ -15,8 +15,6 @@ import re
 import keras
 import numpy as np
 
-from hpa_tf.models.fused_batchnorm import FusedBatchNorm
-
 # The layer after which "large" inserts its extra pool: the stem's max-pool of each known family.
 STEM_POOL = {"densenet": "pool1", "resnet": "pool1_pool"}
 _MINI_DENSENET = re.compile(r"densenet_(\d+)_(\d+)_(\d+)_(\d+)$")
@@ -86,11 +84,9 @@ def _insert_pool_after(config: dict, layer_name: str) -> None:
 
 
 def adapt(source: keras.Model, channels: int = 4, large: bool = False, sync_bn: bool = False,
-          bn_momentum: float = TORCH_BN_MOMENTUM, fused_bn: bool = True,
-          name: str | None = None) -> keras.Model:
+          bn_momentum: float = TORCH_BN_MOMENTUM, name: str | None = None) -> keras.Model:
     """A copy of `source` with a `channels`-input stem (extra inputs copy the red kernel slice), the
-    large variant's extra pool, and BatchNorm momentum / synchronisation set (the fused kernel unless
-    synchronised or fused_bn=False); weights copied by name."""
+    large variant's extra pool, and BatchNorm momentum / synchronisation set; weights copied by name."""
     config = copy.deepcopy(source.get_config())
     family = _family(name or source.name)
     if large:
@@ -105,9 +101,6 @@ def adapt(source: keras.Model, channels: int = 4, large: bool = False, sync_bn: 
         if layer["class_name"] == "BatchNormalization":
             layer["config"]["momentum"] = bn_momentum
             layer["config"]["synchronized"] = sync_bn
-            if fused_bn and not sync_bn:
-                layer["class_name"], layer["module"] = "FusedBatchNorm", None
-                layer["registered_name"] = keras.saving.get_registered_name(FusedBatchNorm)
     model = keras.Model.from_config(config)
     for layer in source.layers:
         weights = layer.get_weights()
@@ -126,7 +119,6 @@ def _widen(weight: np.ndarray, channels: int) -> np.ndarray:
 
 
 def backbone(name: str = "densenet121", weights: str | None = "imagenet", channels: int = 4,
-             large: bool = False, sync_bn: bool = False, fused_bn: bool = True) -> keras.Model:
+             large: bool = False, sync_bn: bool = False) -> keras.Model:
     """Headless `name` backbone taking [N, H, W, channels] and returning its last feature map."""
-    return adapt(source_model(name, weights), channels=channels, large=large, sync_bn=sync_bn,
-                 fused_bn=fused_bn, name=name)
+    return adapt(source_model(name, weights), channels=channels, large=large, sync_bn=sync_bn, name=name)

@@ -53,12 +53,11 @@ def concat_pool(features, name: str = "pool"):
 def build_classifier(backbone_name: str = "densenet121", weights: str | None = "imagenet",
                      large: bool = False, mean=REFERENCE_MEAN, std=REFERENCE_STD, dropout: float = 0.5,
                      hidden: int | None = None, num_classes: int = NUM_CLASSES, sync_bn: bool = False,
-                     fused_bn: bool = True, name: str = "classifier") -> keras.Model:
+                     name: str = "classifier") -> keras.Model:
     """images [N, H, W, 4] float in [0, 1] -> logits [N, num_classes] float32 (sigmoid applied outside).
 
     `hidden` defaults to half the pooled width (1024 for DenseNet121, as the reference)."""
-    net = backbone(backbone_name, weights=weights, channels=4, large=large, sync_bn=sync_bn,
-                   fused_bn=fused_bn)
+    net = backbone(backbone_name, weights=weights, channels=4, large=large, sync_bn=sync_bn)
     images = keras.Input((None, None, 4), name="images")
     x = keras.layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="rgby_norm")(images)
     pooled = concat_pool(net(x))
