@@ -17,7 +17,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "embedding. With no --data-dir it uses the demo runs on the embedded synthetic dataset "
                     "and prints the macro-F1 after each step.")
     add = parser.add_argument
-    add("--submission", action="store_true", help="write the submission (the only action so far)")
+    add("--submission", action="store_true", help="write the submission")
+    add("--sweep", action="store_true",
+        help="print the match-threshold sweep on the antibody val split (needs train_metric.py --extract "
+             "val train) to choose --match-threshold")
     add("--data-dir", default=None, help="prepared dataset root (default: the synthetic demo dataset)")
     add("--runs", default="runs", help="results root of train_classifier.py / train_metric.py")
     add("--run", default=None, help="classifier run name (default: demo, or i768 with --data-dir)")
@@ -41,11 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.submission:
-        print("nothing to do: pass --submission (see --help)", file=sys.stderr)
+    if not (args.submission or args.sweep):
+        print("nothing to do: pass --submission or --sweep (see --help)", file=sys.stderr)
         return 2
     from hpa_tf.embeddings import EmbeddingFileError
-    from hpa_tf.inference.submission import InferenceError, InferenceOptions, class_counts, make_submission
+    from hpa_tf.inference.submission import (
+        InferenceError,
+        InferenceOptions,
+        class_counts,
+        make_submission,
+        validation_sweep,
+    )
 
     demo = args.data_dir is None
     run = Path(args.runs) / (args.run or ("demo" if demo else "i768"))
@@ -58,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             raise InferenceError(f"no trained fold in {run}: run `python train_classifier.py` first")
         # the dataset the classifier runs were trained on, unless named
         data_dir = args.data_dir or json.loads((folds[0] / "config.json").read_text())["data_dir"]
+        if args.sweep:
+            if metric_run is None:
+                raise InferenceError("--sweep needs a metric run (--metric-run)")
+            print(validation_sweep(metric_run, data_dir).round(4).to_string(index=False))
+            if not args.submission:
+                return 0
         options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
                                    seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
                                    combine=args.tta, ratio_source=args.ratios, leak=not args.no_leak,

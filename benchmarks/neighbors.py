@@ -22,9 +22,9 @@ from hpa_tf.inference.neighbors import NeighbourIndex
 
 
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, spread: float) -> np.ndarray:
-    """n unit vectors around random cluster centres (antibody-like groups), float32."""
+    """n unit vectors around unit cluster centres (antibody-like groups): noise of norm about `spread`."""
     rows = centres[rng.integers(0, len(centres), n)]
-    noise = spread * rng.standard_normal(rows.shape, dtype=np.float32)
+    noise = spread / np.sqrt(centres.shape[1]) * rng.standard_normal(rows.shape, dtype=np.float32)
     return l2_normalize((rows + noise).astype(np.float32))
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=11_702)
     parser.add_argument("--exact-queries", type=int, default=1_000, help="queries timed for exact search")
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--spread", type=float, default=0.12, help="noise around cluster centres")
+    parser.add_argument("--spread", type=float, default=0.5, help="noise norm around unit cluster centres")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{'references':>11s} {'build s':>8s} {'ScaNN q/s':>10s} {'exact q/s':>10s} {'speedup':>8s} "

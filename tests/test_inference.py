@@ -80,14 +80,14 @@ def test_submission_file_parses_back(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_runs(prepared, tmp_path_factory):
-    """A 1-epoch classifier fold and a 1-epoch metric run on `tiny`, with test and ext embeddings."""
+    """A 1-epoch classifier fold and a 1-epoch metric run on `tiny`, with every set's embeddings."""
     root, _ = prepared
     out = tmp_path_factory.mktemp("runs")
     common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
     train_classifier(classifier_config("demo", crop_size=32, **common), progress=False)
     metric = metric_config("demo", nn_every=0, **common)
     train_metric(metric, progress=False)
-    extract(metric, ["test", "ext"], progress=False)
+    extract(metric, ["test", "ext", "val", "train"], progress=False)
     return root, out
 
 
@@ -142,3 +142,16 @@ def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(train
     assert infer.main([*base, "--run", "nothing"]) == 2
     assert "no trained fold" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_infer_sweep_prints_the_val_table(trained_runs, capsys):
+    root, out = trained_runs
+    args = ["--sweep", "--data-dir", str(root), "--runs", str(out), "--run", "demo",
+            "--metric-run", str(out / "metric_demo")]
+    assert infer.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["threshold", "selected", "matched", "correct", "accuracy", "recall", "f1"]
+    table = [line.split() for line in lines[1:]]
+    assert [float(row[0]) for row in table] == pytest.approx(np.arange(0.60, 0.80, 0.01), abs=1e-9)
+    selected = [int(row[1]) for row in table]
+    assert selected == sorted(selected, reverse=True)  # a higher threshold selects fewer images

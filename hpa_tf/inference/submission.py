@@ -14,7 +14,7 @@ from hpa_tf.atomic import write_csv_atomic
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
-from hpa_tf.inference.neighbors import match, replace_labels
+from hpa_tf.inference.neighbors import match, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
@@ -124,3 +124,26 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
 def multihot_targets(labels: np.ndarray) -> list[str]:
     """Target strings of binary [N, 28] rows."""
     return [multihot_to_target(row) for row in labels]
+
+
+def validation_sweep(metric_run: Path, data_dir: str | Path) -> pd.DataFrame:
+    """Spec 10.4 'val' mode: each antibody-val image matched to its nearest antibody-train image, and per
+    threshold the images selected, matched (same antibody), correct (same label set), accuracy, recall
+    and F1: the table to choose --match-threshold from. Needs embeddings_val / embeddings_train."""
+    split_dir = DataLayout(data_dir).split_dir
+    sets = {}
+    for name, split in (("val", "external_validset_antibody_split.csv"),
+                        ("train", "external_trainset_antibody_split.csv")):
+        feats, ids = load_embeddings(Path(metric_run) / f"embeddings_{name}.npz")
+        frame = pd.read_csv(split_dir / split, dtype=str, keep_default_na=False).set_index("Id")
+        missing = [i for i in ids if i not in frame.index]
+        if missing:
+            raise InferenceError(f"embeddings_{name}.npz holds ids not in {split}, e.g. {missing[0]}")
+        sets[name] = (feats, frame.loc[ids])
+    (val_feats, val), (train_feats, train) = sets["val"], sets["train"]
+    best, cosine = match(val_feats, train_feats, k=1)
+    nearest = train.iloc[best[:, 0]]
+    same_antibody = val["antibody_code"].to_numpy() == nearest["antibody_code"].to_numpy()
+    same_target = np.array([parse_target(a) == parse_target(b)
+                            for a, b in zip(val["Target"], nearest["Target"], strict=True)])
+    return pd.DataFrame(threshold_sweep(cosine[:, 0], same_antibody, same_target))
