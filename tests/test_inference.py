@@ -155,3 +155,21 @@ def test_infer_sweep_prints_the_val_table(trained_runs, capsys):
     assert [float(row[0]) for row in table] == pytest.approx(np.arange(0.60, 0.80, 0.01), abs=1e-9)
     selected = [int(row[1]) for row in table]
     assert selected == sorted(selected, reverse=True)  # a higher threshold selects fewer images
+
+
+def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
+    import shutil
+
+    root, out = trained_runs
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    sample = pd.read_csv(DataLayout(copy).sample_submission_csv, dtype=str)
+    lost = sample["Id"].iloc[3]
+    for path in (DataLayout(copy).root / "test").rglob(f"{lost}_*"):
+        path.unlink()
+    output = tmp_path / "submission.csv"
+    args = ["--submission", "--data-dir", str(copy), "--runs", str(out), "--run", "demo", "--seeds", "0",
+            "--metric-run", "none", "--output", str(output)]
+    assert infer.main(args) == 2
+    assert f"test image {lost}" in capsys.readouterr().err
+    assert not output.exists()

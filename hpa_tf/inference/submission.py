@@ -53,12 +53,25 @@ def class_counts(steps: list[tuple[str, list[str]]]) -> pd.DataFrame:
                         index=LABEL_NAMES)
 
 
+def check_images(source: pipeline.Source, test: pd.DataFrame) -> None:
+    """InferenceError naming the first test Id whose resize-cache images are missing."""
+    if source.tfrecords:
+        return
+    for image_id, paths in zip(test["Id"], pipeline.cache_files(source, test), strict=True):
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise InferenceError(f"test image {image_id} of sample_submission has no image file "
+                                 f"{missing[0]}: run `python -m hpa_tf.data.prepare --data-dir "
+                                 f"{source.layout.root}`")
+
+
 def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame) -> np.ndarray:
     """Fold mean of the TTA probabilities of every fold run (each saved as prob_test.npy beside it)."""
     fold_probs = []
     for folder in options.folds:
         model, config = load_run_model(folder)
         source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
+        check_images(source, test)
         probs = tta_probabilities(model, source, test, config["crop_size"], options.seeds, options.combine,
                                   options.batch_size)
         np.save(Path(folder) / "prob_test.npy", probs)
@@ -101,7 +114,8 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
     probs = ensemble_probabilities(options, layout, test)
     pairs = pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str)
     probs = group_mean(probs, duplicate_groups(ids, pairs))
-    np.save(Path(options.output).with_suffix(".prob.npy"), probs)
+    np.save(Path(options.output).with_suffix(".prob.npy"), probs)  # rows: the Ids of sample_submission
+    write_csv_atomic(test, Path(options.output).with_suffix(".prob_ids.csv"))
     train_labels = targets_to_matrix(pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str,
                                                  keep_default_na=False)["Target"])
     steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
