@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seeds", type=int, nargs="+", default=None,
         help="TTA seeds: 0 = whole image, s >= 1 a random-scale crop; each gives 8 dihedral views "
              "(default 0 1 2 3; the demo: 0)")
+    add("--views", nargs="+", default=None,
+        help="dihedral TTA views (default all 8: default flipud fliplr transpose flipud_lr flipud_transpose "
+             "fliplr_transpose flipud_lr_transpose)")
     add("--tta", choices=["max", "mean"], default="max", help="how the views of an image are combined")
     add("--ratios", default="train",
         help="label ratios for the thresholds: train, lb (the public-LB vector), mean (of the two), or a "
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
                                    seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
+                                   views=args.views,
                                    combine=args.tta, ratio_source=args.ratios, leak=not args.no_leak,
                                    metric_run=metric_run, match_threshold=args.match_threshold,
                                    batch_size=args.batch_size)

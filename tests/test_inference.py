@@ -104,6 +104,11 @@ def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
             views += [np.rot90(image, k), np.rot90(image[:, ::-1], k)]  # the 8 elements of D4
     probs = 1 / (1 + np.exp(-model.predict(np.stack(views), verbose=0)))
     np.testing.assert_allclose(got, probs.reshape(3, 8, 28).max(axis=1), rtol=1e-4, atol=1e-5)
+    # a subset of views: the identity alone is the plain whole-image prediction
+    alone = tta_probabilities(model, source, frame, 32, seeds=(0,), batch_size=2, views=["default"])
+    np.testing.assert_allclose(alone, probs.reshape(3, 8, 28)[:, 0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown TTA views"):
+        tta_probabilities(model, source, frame, 32, seeds=(0,), views=["rot45"])
 
 
 def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):

@@ -33,22 +33,30 @@ def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
 
 
 def tta_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
-                      seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4) -> np.ndarray:
-    """[N, 28] probabilities: sigmoid of every view (8 dihedral x seeds, spec 5.3-5.4), combined per
-    image by element-wise `combine` (spec 9.2); views of `batch_size` images go through one forward pass."""
+                      seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
+                      views: list[str] | None = None) -> np.ndarray:
+    """[N, 28] probabilities: sigmoid of every view (the dihedral transforms named in `views`, default all
+    8, x seeds: spec 5.3-5.4), combined per image by element-wise `combine` (spec 9.2); the views of
+    `batch_size` images go through one forward pass."""
     if combine not in COMBINE:
         raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
-    views_per_image = 8 * len(seeds)
+    names = list(pipeline.DIHEDRAL)
+    views = list(views or names)
+    unknown = [v for v in views if v not in names]
+    if unknown:
+        raise ValueError(f"unknown TTA views {unknown}; choose from {names}")
+    chosen = tf.constant([8 * s + names.index(v) for s in range(len(seeds)) for v in views])
+    views_per_image = len(chosen)
 
     @tf.function
-    def forward(views):
-        flat = tf.reshape(views, [-1, crop_size, crop_size, 4])
+    def forward(all_views):
+        flat = tf.reshape(tf.gather(all_views, chosen, axis=1), [-1, crop_size, crop_size, 4])
         probs = tf.sigmoid(tf.cast(model(flat, training=False), tf.float32))
         return tf.reshape(probs, [-1, views_per_image, probs.shape[-1]])
 
     out = np.zeros((len(frame), 28), np.float32)
-    for views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
-        out[index.numpy()] = COMBINE[combine](forward(views).numpy(), axis=1)
+    for all_views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
+        out[index.numpy()] = COMBINE[combine](forward(all_views).numpy(), axis=1)
     return out
 
 

@@ -32,6 +32,7 @@ class InferenceOptions:
     folds: list[str]  # run fold folders with best.weights.h5
     output: Path = Path("submission.csv")
     seeds: tuple[int, ...] = (0, 1, 2, 3)
+    views: list[str] | None = None  # dihedral TTA views (default all 8)
     combine: str = "max"
     ratio_source: str = "train"
     leak: bool = True
@@ -73,7 +74,7 @@ def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: 
         source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
         check_images(source, test)
         probs = tta_probabilities(model, source, test, config["crop_size"], options.seeds, options.combine,
-                                  options.batch_size)
+                                  options.batch_size, options.views)
         np.save(Path(folder) / "prob_test.npy", probs)
         fold_probs.append(probs)
         print(f"{folder}: TTA probabilities of {len(test)} test images", flush=True)
