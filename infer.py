@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.runs) / (args.run or ("demo" if demo else "i768"))
     folds = [run / f"fold{k}" for k in args.folds] if args.folds else \
         sorted(p for p in run.glob("fold*") if (p / "best.weights.h5").is_file())
-    metric_run = None if str(args.metric_run).lower() == "none" else \
-        Path(args.metric_run or Path(args.runs) / ("metric_demo" if demo else "metric_i768"))
+    if args.metric_run is None:
+        metric_run = Path(args.runs) / ("metric_demo" if demo else "metric_i768")
+    else:
+        metric_run = None if args.metric_run.lower() == "none" else Path(args.metric_run)
     try:
         if not folds:
             raise InferenceError(f"no trained fold in {run}: run `python train_classifier.py` first")

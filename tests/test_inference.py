@@ -112,10 +112,10 @@ def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
 
 
 def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
+    """The demo defaults: the data of the classifier run, seed 0, the metric run RUNS/metric_demo."""
     root, out = trained_runs
     output = tmp_path / "submission.csv"
-    args = ["--submission", "--data-dir", str(root), "--runs", str(out), "--run", "demo", "--seeds", "0",
-            "--metric-run", str(out / "metric_demo"), "--output", str(output)]
+    args = ["--submission", "--runs", str(out), "--output", str(output)]
     assert infer.main(args) == 0
     printed = capsys.readouterr().out
     for step in ("cnn@0.5", "thresholds", "leak", "neighbours"):
