@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -42,13 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--match-threshold", type=float, default=0.65, help="replace labels when the best cosine is above")
     add("--output", default="submission.csv", help="submission file (written atomically)")
     add("--batch-size", type=int, default=4, help="images per forward pass (each with all its views)")
+    add("--export", default=None, metavar="DIR",
+        help="write SavedModels for TF Serving: DIR/classifier/<version> (the folds' ensemble; labels use "
+             "the thresholds OUTPUT.thresholds.npy of --submission, else 0.5) and DIR/embedder/<version>")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.submission or args.sweep):
-        print("nothing to do: pass --submission or --sweep (see --help)", file=sys.stderr)
+    if not (args.submission or args.sweep or args.export):
+        print("nothing to do: pass --submission, --sweep or --export (see --help)", file=sys.stderr)
         return 2
     from hpa_tf.embeddings import EmbeddingFileError
     from hpa_tf.inference.submission import (
@@ -76,22 +81,27 @@ def main(argv: list[str] | None = None) -> int:
             if metric_run is None:
                 raise InferenceError("--sweep needs a metric run (--metric-run)")
             print(validation_sweep(metric_run, data_dir).round(4).to_string(index=False))
-            if not args.submission:
-                return 0
-        options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
-                                   seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
-                                   views=args.views,
-                                   combine=args.tta, ratio_source=args.ratios, leak=not args.no_leak,
-                                   metric_run=metric_run, match_threshold=args.match_threshold,
-                                   batch_size=args.batch_size)
-        result = make_submission(options, data_dir)
+        if args.submission:
+            options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
+                                       seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
+                                       views=args.views, combine=args.tta, ratio_source=args.ratios,
+                                       leak=not args.no_leak, metric_run=metric_run,
+                                       match_threshold=args.match_threshold, batch_size=args.batch_size)
+            result = make_submission(options, data_dir)
+            print(class_counts(result["steps"]).to_string())
+            for name, score in result["scores"].items():
+                print(f"macro-F1 after {name}: {score:.4f}")
+            print(f"submission written to {args.output}")
+        if args.export:
+            from hpa_tf.export import export_runs
+
+            saved = Path(args.output).with_suffix(".thresholds.npy")
+            thresholds = np.load(saved) if saved.is_file() else np.full(28, 0.5)
+            for folder in export_runs(folds, thresholds, metric_run, args.export):
+                print(f"SavedModel written to {folder}")
     except (InferenceError, EmbeddingFileError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(class_counts(result["steps"]).to_string())
-    for name, score in result["scores"].items():
-        print(f"macro-F1 after {name}: {score:.4f}")
-    print(f"submission written to {args.output}")
     return 0
 
 

@@ -178,3 +178,23 @@ def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
     assert infer.main(args) == 2
     assert f"test image {lost}" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_infer_export_writes_serving_folders(trained_runs, tmp_path):
+    root, out = trained_runs
+    output = tmp_path / "submission.csv"
+    np.save(output.with_suffix(".thresholds.npy"), np.full(28, 0.3))
+    args = ["--export", str(tmp_path / "serving"), "--runs", str(out), "--output", str(output)]
+    assert infer.main(args) == 0
+    assert infer.main(args) == 0  # a second export becomes version 2
+    import tensorflow as tf
+
+    for name in ("classifier", "embedder"):
+        assert sorted(p.name for p in (tmp_path / "serving" / name).iterdir()) == ["1", "2"]
+    loaded = tf.saved_model.load(str(tmp_path / "serving" / "classifier" / "2"))
+    images = np.random.default_rng(0).random((2, 32, 32, 4)).astype(np.float32)
+    result = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert result["probabilities"].shape == (2, 28) and result["labels"].dtype == tf.int32
+    embedder = tf.saved_model.load(str(tmp_path / "serving" / "embedder" / "1"))
+    uint8 = tf.constant((images * 255).astype(np.uint8))
+    assert embedder.signatures["serving_uint8"](images=uint8)["embedding"].shape == (2, 512)

@@ -121,6 +121,7 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
                                                  keep_default_na=False)["Target"])
     steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
     thresholds = fit_thresholds(probs, ratios(options.ratio_source, train_labels))
+    np.save(Path(options.output).with_suffix(".thresholds.npy"), thresholds)  # for infer.py --export
     steps.append(("thresholds", multihot_targets(apply_thresholds(probs, thresholds))))
     if options.leak:
         leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)

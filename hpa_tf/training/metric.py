@@ -42,9 +42,9 @@ def run_folder(config: MetricConfig) -> Path:
     return Path(config.out_dir) / config.run_name
 
 
-def number_of_classes(session: Session) -> int:
+def number_of_classes(layout) -> int:
     """Antibody classes: one more than the largest code of the split of all HPAv18 images."""
-    return int(read_split(session.layout, "external_antibody_split.csv")["antibody_code"].max()) + 1
+    return int(read_split(layout, "external_antibody_split.csv")["antibody_code"].max()) + 1
 
 
 def build_network(config: MetricConfig, classes: int) -> keras.Model:
@@ -95,7 +95,7 @@ def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> d
     if len(train) < config.batch_size:
         raise TrainingSetupError(f"{TRAIN_SPLIT} has {len(train)} rows, fewer than one batch of "
                                  f"{config.batch_size}")
-    classes = number_of_classes(session)
+    classes = number_of_classes(session.layout)
     source = session.source(config)
     train_ds = training_dataset(session, pipeline.metric_dataset, source, train, config.batch_size,
                                 training=True, seed=config.seed)
@@ -132,7 +132,7 @@ def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.
     checkpoint = folder / weights
     if not checkpoint.is_file():
         raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
-    net = build_network(config, number_of_classes(session))
+    net = build_network(config, number_of_classes(session.layout))
     net.load_weights(checkpoint)
     written = []
     for name in sets:
