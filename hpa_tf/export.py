@@ -73,7 +73,7 @@ def export_runs(folds: list[str | Path], thresholds, metric_run: Path | None,
     from hpa_tf.config import metric_config
     from hpa_tf.data.layout import DataLayout
     from hpa_tf.inference.predict import load_run_model
-    from hpa_tf.training.metric import build_network, number_of_classes
+    from hpa_tf.training.metric import load_embedder
 
     out_dir = Path(out_dir)
     models = [load_run_model(folder)[0] for folder in folds]
@@ -82,10 +82,6 @@ def export_runs(folds: list[str | Path], thresholds, metric_run: Path | None,
         saved = json.loads((Path(metric_run) / "config.json").read_text())
         config = metric_config(saved["profile"], **{k: v for k, v in saved.items()
                                                     if k not in ("profile", "replicas")})
-        checkpoint = Path(metric_run) / "best.weights.h5"
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint} not found: run `python train_metric.py` first")
-        net = build_network(config, number_of_classes(DataLayout(saved["data_dir"])))
-        net.load_weights(checkpoint)
-        written.append(export_embedder(net.get_layer("embedder"), next_version(out_dir / "embedder")))
+        embedder = load_embedder(config, DataLayout(saved["data_dir"]), Path(metric_run) / "best.weights.h5")
+        written.append(export_embedder(embedder, next_version(out_dir / "embedder")))
     return written

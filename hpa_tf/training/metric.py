@@ -4,6 +4,7 @@ of the "tr" antibody split, selected by validation MAP@5; nearest-neighbour accu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def build_network(config: MetricConfig, classes: int) -> keras.Model:
     images = keras.Input((None, None, 4), name="images")
     cosine = ArcMarginProduct(classes, name="arc_margin")(embedder(images))
     return keras.Model(images, cosine, name="metric_net")
+
+
+def load_embedder(config: MetricConfig, layout, checkpoint: Path) -> keras.Model:
+    """The trained embedder of a metric run: its network rebuilt for the dataset's antibody classes with
+    `checkpoint` loaded (TrainingSetupError naming the file when it is missing)."""
+    if not checkpoint.is_file():
+        raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
+    net = build_network(config, number_of_classes(layout))
+    net.load_weights(checkpoint)
+    return net.get_layer("embedder")
 
 
 def _frame(session: Session, name: str | None) -> pd.DataFrame:
@@ -126,19 +137,15 @@ def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.
     unknown = [s for s in sets if s not in EXTRACT_SETS]
     if unknown:
         raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
-    config.strategy = "default"
+    config = dataclasses.replace(config, strategy="default")  # one device; the caller's config untouched
     session = start_session(config, progress)
     folder = run_folder(config)
-    checkpoint = folder / weights
-    if not checkpoint.is_file():
-        raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
-    net = build_network(config, number_of_classes(session.layout))
-    net.load_weights(checkpoint)
+    embedder = load_embedder(config, session.layout, folder / weights)
     written = []
     for name in sets:
         split_file, kaggle_split = EXTRACT_SETS[name]
         frame = _frame(session, split_file)
-        feats = embed(net.get_layer("embedder"), session, config, frame, kaggle_split)
+        feats = embed(embedder, session, config, frame, kaggle_split)
         written.append(save_embeddings(folder / f"embeddings_{name}.npz", feats, frame["Id"]))
         print(f"{name}: {len(frame)} embeddings of dimension {feats.shape[1]} -> {written[-1]}", flush=True)
     return written
