@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import pandas as pd
 import tensorflow as tf
 
 from hpa_tf.atomic import write_json_atomic
@@ -113,8 +114,6 @@ def start_session(config: RunConfig, progress: bool = True) -> Session:
 
 def read_split(layout: DataLayout, name: str):
     """The prepared split CSV `split/<name>`, or TrainingSetupError naming the prepare command."""
-    import pandas as pd
-
     path = layout.split_dir / name
     if not path.is_file():
         raise TrainingSetupError(f"missing split file {path}: run "
