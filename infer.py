@@ -47,13 +47,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--export", default=None, metavar="DIR",
         help="write SavedModels for TF Serving: DIR/classifier/<version> (the folds' ensemble; labels use "
              "the thresholds OUTPUT.thresholds.npy of --submission, else 0.5) and DIR/embedder/<version>")
+    add("--gallery", nargs="+", metavar="ID", default=None,
+        help="for each image Id (test, Kaggle train or HPAv18) write FIGURES/gallery_<ID>.png: the image "
+             "and its --k nearest annotated images by the metric embedding, with labels and cosines; "
+             "its predicted labels (the classifier folds, thresholds as for --export) beside the true "
+             "ones where known, missed and wrongly added ones marked")
+    add("--k", type=int, default=8, help="neighbours shown per image in galleries")
+    add("--noise-report", action="store_true",
+        help="write FIGURES/noise_report.csv (annotated images ranked by how much their labels disagree "
+             "with the majority of their neighbours of the same antibody or very high similarity) and "
+             "FIGURES/noise_report.png; needs train_metric.py --extract ext (and kaggle)")
+    add("--noise-neighbours", type=int, default=10, help="nearest neighbours considered per image")
+    add("--noise-similarity", type=float, default=None,
+        help="cosine from which a neighbour of another or unknown antibody counts (default: calibrated, "
+             "reached with another antibody by 1 in 1000 HPAv18 images)")
+    add("--figures", default="figures", help="folder for galleries and the noise report")
     return parser.parse_args(argv)
+
+
+def trained_data_dir(folds: list[Path], metric_run: Path | None) -> str:
+    """The dataset the classifier folds (else the metric run) were trained on."""
+    runs = folds[:1] + ([metric_run] if metric_run else [])
+    for config in [run / "config.json" for run in runs]:
+        if config.is_file():
+            return json.loads(config.read_text())["data_dir"]
+    from hpa_tf.inference.submission import InferenceError
+
+    raise InferenceError("no trained run to take the dataset from: pass --data-dir or train first")
+
+
+def saved_thresholds(output: str) -> np.ndarray:
+    """The per-class thresholds --submission fitted (OUTPUT.thresholds.npy), else 0.5 for every class."""
+    saved = Path(output).with_suffix(".thresholds.npy")
+    return np.load(saved) if saved.is_file() else np.full(28, 0.5)
+
+
+def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_dir: str) -> None:
+    """--gallery and --noise-report: PNGs and the report CSV under --figures."""
+    from hpa_tf.atomic import write_csv_atomic
+    from hpa_tf.data.layout import DataLayout
+    from hpa_tf.inference import curation
+
+    layout, figures = DataLayout(data_dir), Path(args.figures)
+    pool = curation.annotated_pool(metric_run, layout)
+    for image_id in args.gallery or []:
+        query = curation.find_query(pool, metric_run, layout, image_id)
+        predicted = None
+        if folds:
+            predicted = curation.predicted_labels(folds, layout, query, saved_thresholds(args.output))
+        else:
+            print("note: no trained classifier fold (python train_classifier.py): the gallery shows no "
+                  "prediction")
+        path = curation.gallery(pool, query, layout, args.k, figures / f"gallery_{image_id}.png", predicted)
+        print(f"gallery written to {path}")
+    if args.noise_report:
+        report, similarity = curation.label_noise_report(pool, args.noise_neighbours, args.noise_similarity)
+        write_csv_atomic(report, figures / "noise_report.csv")
+        disagreeing = int((report["disagreement"] > 0).sum())
+        alone = int(report["disagreement"].isna().sum())
+        print(f"{disagreeing} of {len(report)} annotated images disagree with their neighbours (same "
+              f"antibody or cosine >= {similarity:.4f}); {alone} have none")
+        print(report.head(10)[["rank", "Id", "set", "Target", "majority", "disagreement", "neighbours"]]
+              .to_string(index=False))
+        print(f"report written to {figures / 'noise_report.csv'}")
+        if disagreeing:
+            path = curation.noise_gallery(report, pool, layout, figures / "noise_report.png", k=args.k)
+            print(f"gallery written to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.submission or args.sweep or args.export):
-        print("nothing to do: pass --submission, --sweep or --export (see --help)", file=sys.stderr)
+    if not (args.submission or args.sweep or args.export or args.gallery or args.noise_report):
+        print("nothing to do: pass --submission, --sweep, --export, --gallery or --noise-report (see --help)",
+              file=sys.stderr)
+        return 2
+    if args.k < 1 or args.noise_neighbours < 1:
+        print("error: --k and --noise-neighbours must be at least 1", file=sys.stderr)
         return 2
     from hpa_tf.embeddings import EmbeddingFileError
     from hpa_tf.inference.submission import (
@@ -73,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metric_run = None if args.metric_run.lower() == "none" else Path(args.metric_run)
     try:
-        if not folds:
+        if not folds and (args.submission or args.export):
             raise InferenceError(f"no trained fold in {run}: run `python train_classifier.py` first")
-        # the dataset the classifier runs were trained on, unless named
-        data_dir = args.data_dir or json.loads((folds[0] / "config.json").read_text())["data_dir"]
+        data_dir = args.data_dir or trained_data_dir(folds, metric_run)
         if args.sweep:
             if metric_run is None:
                 raise InferenceError("--sweep needs a metric run (--metric-run)")
@@ -95,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             from hpa_tf.export import export_runs
 
-            saved = Path(args.output).with_suffix(".thresholds.npy")
-            thresholds = np.load(saved) if saved.is_file() else np.full(28, 0.5)
-            for folder in export_runs(folds, thresholds, metric_run, args.export):
+            for folder in export_runs(folds, saved_thresholds(args.output), metric_run, args.export):
                 print(f"SavedModel written to {folder}")
+        if args.gallery or args.noise_report:
+            if metric_run is None:
+                raise InferenceError("--gallery and --noise-report need a metric run (--metric-run)")
+            curate(args, folds, metric_run, data_dir)
     except (InferenceError, EmbeddingFileError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

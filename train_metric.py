@@ -27,8 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "original (spec 6.4)")
     parser.add_argument("--nn-every", type=int, default=None,
                         help="nearest-neighbour val accuracy every N epochs (0: never)")
-    parser.add_argument("--extract", nargs="+", metavar="SET", choices=["test", "ext", "train", "val"],
-                        help="instead of training, write OUT/RUN/embeddings_<SET>.npz for these sets")
+    parser.add_argument("--extract", nargs="+", metavar="SET",
+                        choices=["test", "kaggle", "ext", "train", "val"],
+                        help="instead of training, write OUT/RUN/embeddings_<SET>.npz for these sets: "
+                             "test (sample_submission), kaggle (Kaggle train images), ext (all HPAv18), "
+                             "train / val (the HPAv18 antibody split)")
     parser.add_argument("--checkpoint", default="best.weights.h5",
                         help="weights file of the run for --extract (best.weights.h5, 045.weights.h5, ...)")
     add_run_arguments(parser)

@@ -31,8 +31,10 @@ from hpa_tf.training.trainer import GlobalBatchTrainer
 
 TRAIN_SPLIT = "external_tr_trainset_antibody_split.csv"
 VALID_SPLIT = "external_tr_validset_antibody_split.csv"
-# Extraction sets of spec 10.4: split file (None: the test set of sample_submission) and Kaggle folder.
-EXTRACT_SETS = {"test": (None, "test"), "ext": ("external_antibody_split.csv", "train"),
+# Extraction sets of spec 10.4 (split file, Kaggle image folder); None: the test Ids of sample_submission.
+# "kaggle" (all Kaggle train images, meta/train_meta.csv) is ours: the label-noise report's second pool.
+EXTRACT_SETS = {"test": (None, "test"), "kaggle": ("train_meta.csv", "train"),
+                "ext": ("external_antibody_split.csv", "train"),
                 "train": ("external_trainset_antibody_split.csv", "train"),
                 "val": ("external_validset_antibody_split.csv", "train")}
 
@@ -68,10 +70,18 @@ def load_embedder(config: MetricConfig, layout, checkpoint: Path) -> keras.Model
 
 
 def _frame(session: Session, name: str | None) -> pd.DataFrame:
-    """A split file, or the test Ids of sample_submission with no antibody (code -1)."""
-    if name is not None:
+    """A split file, or the Kaggle images of sample_submission (None) / train_meta.csv with no antibody
+    (code -1)."""
+    if name is None:
+        path = session.layout.sample_submission_csv
+    elif name == "train_meta.csv":
+        path = session.layout.meta_dir / name
+    else:
         return read_split(session.layout, name)
-    frame = pd.read_csv(session.layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
+    if not path.is_file():
+        raise TrainingSetupError(f"missing {path}: run `python -m hpa_tf.data.prepare --data-dir "
+                                 f"{session.layout.root}` first")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)[["Id"]]
     return frame.assign(External="False", antibody_code=-1)
 
 
@@ -132,8 +142,8 @@ def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> d
 
 def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.h5",
             progress: bool = True) -> list[Path]:
-    """Write `embeddings_<set>.npz` (feats [N, D] float32, ids) for each of test / ext / train / val into
-    the run folder, from the run's checkpoint `weights`."""
+    """Write `embeddings_<set>.npz` (feats [N, D] float32, ids) for each named set of EXTRACT_SETS into the
+    run folder, from the run's checkpoint `weights`."""
     unknown = [s for s in sets if s not in EXTRACT_SETS]
     if unknown:
         raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
