@@ -1,5 +1,6 @@
 """Inference: TTA and duplicate means (spec 9), leak and neighbour replacement (spec 10.3-10.5), ScaNN
-against exact search, the submission file and `python infer.py --submission` on the tiny dataset."""
+against exact search, the submission file, and `python infer.py --submission / --export / --gallery /
+--noise-report` on the tiny dataset."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def trained_runs(prepared, tmp_path_factory):
     train_classifier(classifier_config("demo", crop_size=32, **common), progress=False)
     metric = metric_config("demo", nn_every=0, **common)
     train_metric(metric, progress=False)
-    extract(metric, ["test", "ext", "val", "train"], progress=False)
+    extract(metric, ["test", "kaggle", "ext", "val", "train"], progress=False)
     return root, out
 
 
@@ -198,3 +199,51 @@ def test_infer_export_writes_serving_folders(trained_runs, tmp_path):
     embedder = tf.saved_model.load(str(tmp_path / "serving" / "embedder" / "1"))
     uint8 = tf.constant((images * 255).astype(np.uint8))
     assert embedder.signatures["serving_uint8"](images=uint8)["embedding"].shape == (2, 512)
+
+
+def _planted(root, kind: str, same_labels: str) -> pd.DataFrame:
+    pairs = pd.read_csv(DataLayout(root).raw_dir / "synthetic_duplicates.csv", dtype=str)
+    return pairs[(pairs["kind"] == kind) & (pairs["same_labels"] == same_labels)]
+
+
+def test_infer_gallery_of_a_planted_test_copy(trained_runs, tmp_path, capsys):
+    """A test copy of an HPAv18 image: a PNG of the expected size, and its nearest annotated image is the
+    original with the same labels."""
+    from PIL import Image
+
+    from hpa_tf.inference import curation
+    from hpa_tf.viz import gallery_size
+
+    root, out = trained_runs
+    copy = _planted(root, "test_external", "True").iloc[0]
+    original, query_id = copy["Id1"], copy["Id2"]
+    args = ["--gallery", query_id, "--k", "4", "--runs", str(out), "--figures", str(tmp_path)]
+    assert infer.main(args) == 0
+    path = tmp_path / f"gallery_{query_id}.png"
+    assert f"gallery written to {path}" in capsys.readouterr().out
+    with Image.open(path) as png:
+        assert png.size == gallery_size(5, 1) == (5 * 192, 192 + 8 * 12)
+    layout = DataLayout(root)
+    pool = curation.annotated_pool(out / "metric_demo", layout)
+    query = curation.find_query(pool, out / "metric_demo", layout, query_id)
+    truth = pd.read_csv(layout.test_truth_csv, dtype=str).set_index("Id")["Target"]
+    assert query.true == parse_target(truth[query_id]) and query.kaggle_split == "test"
+    rows, cosines = curation.nearest_annotated(pool, query, 4)
+    assert pool.frame["Id"].iloc[rows[0]] == original and cosines[0] > 0.9
+    assert parse_target(pool.frame["Target"].iloc[rows[0]]) == query.true
+    assert infer.main([*args[:1], "unknown-id", *args[2:]]) == 2
+    assert "unknown-id is in none of the embedding files" in capsys.readouterr().err
+
+
+def test_infer_noise_report_ranks_the_planted_label_conflicts_first(trained_runs, tmp_path, capsys):
+    root, out = trained_runs
+    args = ["--noise-report", "--runs", str(out), "--figures", str(tmp_path)]
+    assert infer.main(args) == 0
+    assert "report written to" in capsys.readouterr().out
+    report = pd.read_csv(tmp_path / "noise_report.csv", dtype=str, keep_default_na=False)
+    conflicts = _planted(root, "train_external", "False")
+    planted = set(conflicts["Id1"]) | set(conflicts["Id2"])
+    assert len(planted) == 4  # tiny: 2 HPAv18 copies of train images with a label swapped
+    assert set(report["Id"].head(len(planted))) == planted
+    assert (report["disagreement"].iloc[:len(planted)].astype(float) > 0).all()
+    assert (tmp_path / "noise_report.png").is_file()

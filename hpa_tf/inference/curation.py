@@ -216,8 +216,9 @@ def _neighbours(pool: AnnotatedPool, k: int, similarity: float) -> list[dict[int
 def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | None = None
                        ) -> tuple[pd.DataFrame, float]:
     """(report, similarity used): one row per annotated image with the majority label set of its
-    neighbours (classes held by more than half of them) and the disagreement 1 - Jaccard(labels,
-    majority), ranked by disagreement, then by the number of neighbours; images without a neighbour last."""
+    neighbours (classes held by at least half of them: a tie does not count against the image) and the
+    disagreement 1 - Jaccard(labels, majority), ranked by disagreement, then by the number of neighbours;
+    images without a neighbour last."""
     similarity = calibrate_similarity(pool) if similarity is None else float(similarity)
     labels = targets_to_matrix(pool.frame["Target"]).astype(bool)
     ids = pool.frame["Id"].to_numpy()
@@ -229,7 +230,7 @@ def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | Non
                   "only_in_labels": "", "only_in_majority": "", "nearest_id": "", "nearest_cosine": np.nan,
                   "neighbour_ids": " ".join(ids[order])}
         if order:
-            majority = labels[order].mean(axis=0) > 0.5
+            majority = labels[order].mean(axis=0) >= 0.5
             union = (labels[i] | majority).sum()
             record.update(
                 disagreement=1.0 - (labels[i] & majority).sum() / union if union else 0.0,

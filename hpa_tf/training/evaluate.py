@@ -2,6 +2,8 @@
 per-class thresholds that make each class's predicted rate equal its training-set rate.
 
     python -m hpa_tf.training.evaluate runs/demo/fold0 [--weights best.weights.h5]
+
+Also draws per_class_f1.png (both F1 columns) and training_curves.png (from log.csv) in the run folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 
 from hpa_tf.labels import LABEL_NAMES
 from hpa_tf.metrics import f1_per_class
+from hpa_tf.viz import f1_bar_chart, training_curves
 
 
 def rate_thresholds(probs: np.ndarray, rates: np.ndarray) -> np.ndarray:
@@ -75,7 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     print(report.round(3).to_string(index=False))
     print(f"macro: AUC {np.nanmean(report['auc']):.3f}, F1 at 0.5 {report['f1_at_0.5'].mean():.4f}, "
           f"F1 at training-rate thresholds {report['f1_at_rate'].mean():.4f}")
+    for path in draw_report(report, Path(args.folder), args.weights):
+        print(f"chart written to {path}")
     return 0
+
+
+def draw_report(report: pd.DataFrame, folder: Path, weights: str) -> list[Path]:
+    """per_class_f1.png of a class report, and training_curves.png when the folder has a log.csv."""
+    scores = {"F1 at 0.5": report["f1_at_0.5"].to_numpy(),
+              "F1 at training-rate thresholds": report["f1_at_rate"].to_numpy()}
+    written = [f1_bar_chart(scores, folder / "per_class_f1.png", f"{folder} ({weights}), validation fold")]
+    if (folder / "log.csv").is_file():
+        written.append(training_curves(folder / "log.csv", folder / "training_curves.png", str(folder)))
+    return written
 
 
 if __name__ == "__main__":

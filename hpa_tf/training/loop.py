@@ -19,6 +19,7 @@ from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.training.callbacks import BEST_STATE, BEST_WEIGHTS, EpochCheckpoints
 from hpa_tf.training.schedules import learning_rate
+from hpa_tf.viz import training_curves
 
 ADAM_EPSILON = 1e-8  # PyTorch's default (Keras' is 1e-7), spec 8.1
 
@@ -138,8 +139,9 @@ def adam(config: RunConfig) -> keras.optimizers.Adam:
 
 def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds, valid_ds, folder: Path,
             monitor: str, mode: str, description: str, callbacks=(), progress: bool = True) -> dict:
-    """Fit with the schedule, per-epoch and best checkpoints (by `monitor`, `mode` min or max), CSV log,
-    TensorBoard and BackupAndRestore (a rerun resumes); returns the summary of the best epoch."""
+    """Fit with the schedule, per-epoch and best checkpoints (by `monitor`, `mode` min or max), CSV log
+    (drawn as training_curves.png at the end), TensorBoard and BackupAndRestore (a rerun resumes); returns
+    the summary of the best epoch."""
     files = folder if session.chief else folder / f".scratch-{session.worker}"  # thrown away at the end
     files.mkdir(parents=True, exist_ok=True)
     if session.chief:
@@ -166,4 +168,7 @@ def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds,
                "optimizer_steps": int(trainer.optimizer.iterations.numpy())}
     if session.chief and (folder / BEST_STATE).is_file():
         summary.update(json.loads((folder / BEST_STATE).read_text()))
+    if session.chief and (folder / "log.csv").is_file():
+        curves = training_curves(folder / "log.csv", folder / "training_curves.png", str(folder))
+        summary["curves"] = str(curves)
     return summary
