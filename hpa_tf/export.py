@@ -59,6 +59,18 @@ def export_embedder(embedder: keras.Model, folder: str | Path) -> Path:
         "embedding": tf.cast(embedder(images, training=False), tf.float32)}, Path(folder))
 
 
+def predict_request(images: np.ndarray, model_name: str, signature_name: str = "serving_default"):
+    """A TF Serving gRPC `PredictRequest` for a batch of images (float32 in [0, 1] for serving_default,
+    uint8 for serving_uint8); needs `pip install tensorflow-serving-api==2.20.*` (the [serving] extra)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.asarray(images)))
+    return request
+
+
 def next_version(folder: Path) -> Path:
     """folder/<n+1> after the highest numbered version already there (TF Serving loads the highest)."""
     versions = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.is_dir() else []

@@ -1,16 +1,20 @@
-"""SavedModel export: reload in a TensorFlow-only process, equal outputs, signature names and dtypes."""
+"""SavedModel export: reload in a TensorFlow-only process, equal outputs, signature names and dtypes as
+`saved_model_cli show --all` lists them, and a TF Serving PredictRequest that matches them."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from hpa_tf.export import export_classifier, export_embedder, labels_from
+from hpa_tf.export import export_classifier, export_embedder, labels_from, predict_request
 from hpa_tf.inference.postprocess import apply_thresholds
 from hpa_tf.models import build_classifier, build_embedder
 
@@ -45,11 +49,18 @@ def test_labels_follow_the_top1_rule():
                                   apply_thresholds(probs, thresholds))
 
 
-def test_classifier_ensemble_reloads_with_equal_outputs(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(two small classifiers, their thresholds, the SavedModel folder of their ensemble)."""
     keras.utils.set_random_seed(0)
     models = [build_classifier("densenet_1_1_1_1", weights=None) for _ in range(2)]
     thresholds = np.full(28, 0.45, np.float32)
-    folder = export_classifier(models, thresholds, tmp_path / "classifier" / "1")
+    folder = export_classifier(models, thresholds, tmp_path_factory.mktemp("serving") / "classifier" / "1")
+    return models, thresholds, folder
+
+
+def test_classifier_ensemble_reloads_with_equal_outputs(exported, tmp_path):
+    models, thresholds, folder = exported
     images = np.random.default_rng(0).random((3, 64, 64, 4)).astype(np.float32)
     expected = np.mean([1 / (1 + np.exp(-m.predict(images, verbose=0))) for m in models], axis=0)
     out = _reload(folder, images, tmp_path)
@@ -70,3 +81,45 @@ def test_embedder_reloads_with_equal_outputs(tmp_path):
     np.testing.assert_allclose(out["serving_default"]["embedding"], embedder.predict(images, verbose=0),
                                rtol=1e-5, atol=1e-5)
     assert np.asarray(out["serving_default"]["embedding"]).shape == (2, 512)
+
+
+def _signature_blocks(shown: str) -> dict[str, str]:
+    """signature name -> its block of `saved_model_cli show --all` output."""
+    parts = re.split(r"signature_def\['([^']+)'\]:", shown.split("Concrete Functions:")[0])
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    assert cli.is_file(), f"saved_model_cli is installed with tensorflow beside {sys.executable}"
+    done = subprocess.run([str(cli), "show", "--all", "--dir", str(exported[2])], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks = _signature_blocks(done.stdout)
+    assert {"serving_default", "serving_uint8"} <= set(blocks)
+    for name, dtype in (("serving_default", "DT_FLOAT"), ("serving_uint8", "DT_UINT8")):
+        tensors = re.findall(r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))",
+                             blocks[name])
+        assert sorted(tensors) == [("inputs", "images", dtype, "(-1, -1, -1, 4)"),
+                                   ("outputs", "labels", "DT_INT32", "(-1, 28)"),
+                                   ("outputs", "probabilities", "DT_FLOAT", "(-1, 28)")]
+        assert "Method name is: tensorflow/serving/predict" in blocks[name]
+
+
+def test_predict_request_matches_the_signatures_and_feeds_them(exported):
+    """The gRPC request carries the signature's input names and dtypes, and its tensor, decoded as TF
+    Serving does, gives the same outputs as the images themselves."""
+    loaded = tf.saved_model.load(str(exported[2]))
+    images = np.random.default_rng(3).random((2, 32, 32, 4)).astype(np.float32)
+    as_uint8 = np.round(images * 255).astype(np.uint8)
+    for name, batch in (("serving_default", images), ("serving_uint8", as_uint8)):
+        signature = loaded.signatures[name]
+        specs = signature.structured_input_signature[1]
+        request = predict_request(batch, "classifier", name)
+        assert request.model_spec.name == "classifier" and request.model_spec.signature_name == name
+        assert set(request.inputs) == set(specs) == {"images"}
+        assert request.inputs["images"].dtype == specs["images"].dtype.as_datatype_enum
+        assert [d.size for d in request.inputs["images"].tensor_shape.dim] == [2, 32, 32, 4]
+        decoded = tf.make_ndarray(request.inputs["images"])
+        np.testing.assert_array_equal(signature(images=tf.constant(decoded))["probabilities"].numpy(),
+                                      signature(images=tf.constant(batch))["probabilities"].numpy())

@@ -92,8 +92,10 @@ def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prep
     assert (log["val_map5"] <= log["val_top5"] + 1e-6).all()
     assert summary["best_epoch"] == int(log["val_map5"].idxmax()) + 1  # best by MAP@5 (the first of ties)
 
-    paths = extract(config, ["val", "test"], progress=False)
-    assert [p.name for p in paths] == ["embeddings_val.npz", "embeddings_test.npz"]
+    paths = extract(config, ["val", "test", "kaggle"], progress=False)
+    assert [p.name for p in paths] == ["embeddings_val.npz", "embeddings_test.npz", "embeddings_kaggle.npz"]
+    kaggle_ids = pd.read_csv(Path(root) / "meta" / "train_meta.csv", dtype=str)["Id"].tolist()
+    assert load_embeddings(paths[2])[1].tolist() == kaggle_ids
     feats, ids = load_embeddings(paths[0])
     valid = pd.read_csv(Path(root) / "split" / "external_validset_antibody_split.csv", dtype=str)
     assert feats.shape == (len(valid), 512) and feats.dtype == np.float32

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from hpa_tf.config import ConfigError, classifier_config
@@ -23,7 +24,7 @@ from hpa_tf.metrics import macro_f1
 from hpa_tf.models.classifier import build_classifier
 from hpa_tf.training.callbacks import epoch_weights
 from hpa_tf.training.classifier import train_classifier
-from hpa_tf.training.evaluate import class_report, evaluate_run
+from hpa_tf.training.evaluate import class_report, draw_report, evaluate_run
 from hpa_tf.training.loop import TrainingSetupError
 from hpa_tf.training.schedules import learning_rate
 from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
@@ -220,6 +221,11 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     report = evaluate_run(folder)  # the per-class report reads the run back
     assert len(report) == 28 and report["positives"].sum() > 0
     assert ((report["f1_at_rate"] >= 0) & (report["f1_at_rate"] <= 1)).all()
+    assert summary["curves"] == str(folder / "training_curves.png")  # drawn from the complete log
+    charts = draw_report(report, folder, "best.weights.h5")
+    assert [p.name for p in charts] == ["per_class_f1.png", "training_curves.png"]
+    with Image.open(charts[0]) as png:
+        assert png.size == (800, 900)
 
 
 def test_class_report_matches_sklearn():
