@@ -233,7 +233,7 @@ def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | Non
             majority = labels[order].mean(axis=0) >= 0.5
             union = (labels[i] | majority).sum()
             record.update(
-                disagreement=1.0 - (labels[i] & majority).sum() / union if union else 0.0,
+                disagreement=round(1.0 - (labels[i] & majority).sum() / union, 4) if union else 0.0,
                 same_antibody=int(sum(antibody[i] != "" and antibody[j] == antibody[i] for j in order)),
                 majority=format_target(np.flatnonzero(majority)),
                 only_in_labels=format_target(np.flatnonzero(labels[i] & ~majority)),
