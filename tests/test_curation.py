@@ -52,10 +52,10 @@ def test_planted_conflicts_rank_first_with_hand_computed_disagreements():
     assert top["neighbours"].iloc[0] == 2 and top["same_antibody"].iloc[0] == 0
     assert top["majority"].iloc[0] == " ".join(map(str, planted["group5"]))
     # the faithful copy: one neighbour each way, a tie adds class 27 to its majority: 1 - 2/3
-    assert report.set_index("Id").loc["copy", "disagreement"] == pytest.approx(1 / 3)
+    assert report.set_index("Id").loc["copy", "disagreement"] == pytest.approx(1 / 3, abs=1e-4)  # 4 places
     # each swapped image: 3 mates with the group's 2 labels, one shared: 1 - 1/3
     swapped = report.set_index("Id").loc[planted["swapped"]]
-    np.testing.assert_allclose(swapped["disagreement"], 2 / 3)
+    np.testing.assert_allclose(swapped["disagreement"], 2 / 3, atol=1e-4)
     assert (swapped["same_antibody"] == 3).all() and set(top["Id"].iloc[1:]) == set(planted["swapped"])
     # their mates: 2 of 3 neighbours carry the group's labels, so the majority agrees with them
     mates = report.set_index("Id").loc[[f"{a}_{n}" for a in range(3) for n in (1, 2, 3)]]

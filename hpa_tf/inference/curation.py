@@ -93,15 +93,15 @@ class Query:
 
 
 def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, image_id: str) -> Query:
-    """The query of `image_id`: a pool image, or one of another extracted set (each set standardised on
-    its own, spec 10.4). True labels of test images come from test_truth.csv where it exists."""
+    """The query of `image_id`: a pool image, or a test image (embeddings_test.npz, the test set
+    standardised on its own, spec 10.4) with its true labels where test_truth.csv exists (synthetic)."""
     row = pool.position(image_id)
     if row is not None:
         record = pool.frame.iloc[row]
         split = "external" if record["set"] == "ext" else "train"
         return Query(image_id, pool.space[row], split, parse_target(record["Target"]), row)
-    searched = sorted(Path(metric_run).glob("embeddings_*.npz"))
-    for path in searched:
+    path = Path(metric_run) / "embeddings_test.npz"
+    if path.is_file():
         feats, ids = load_embeddings(path)
         rows = np.flatnonzero(ids == image_id)
         if len(rows):
@@ -111,8 +111,10 @@ def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, 
                 known = known.set_index("Id")["Target"]
                 truth = parse_target(known[image_id]) if image_id in known.index else None
             return Query(image_id, matching_space(feats)[rows[0]], "test", truth, None)
-    raise InferenceError(f"{image_id} is in none of the embedding files of {metric_run} "
-                         f"({', '.join(p.name for p in searched) or 'none'}): run `{EXTRACT_HINT}`")
+    sets = ", ".join(sorted(pool.frame["set"].unique()))
+    raise InferenceError(f"{image_id} is in none of the embedding files of {metric_run} (annotated: "
+                         f"{sets}; test: {'yes' if path.is_file() else 'not extracted'}): run "
+                         f"`{EXTRACT_HINT}`")
 
 
 def nearest_annotated(pool: AnnotatedPool, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
