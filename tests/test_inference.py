@@ -59,7 +59,8 @@ def test_scann_recall_against_exact_search_and_save_load(tmp_path):
     references = matching_space(_clustered(rng, 5000, centres))
     queries = matching_space(_clustered(rng, 300, centres))
     exact = NeighbourIndex.build(references, exact=True)
-    scann_index = NeighbourIndex.build(references)
+    scann_index = NeighbourIndex.build(references, exact_below=1000)
+    assert NeighbourIndex.build(references).searcher is None  # 5,000 rows: exact by default
     assert scann_index.searcher is not None and exact.searcher is None
     truth, truth_scores = exact.search(queries, k=1)
     found, scores = scann_index.search(queries, k=1)
