@@ -27,7 +27,6 @@ from hpa_tf.inference.predict import load_run_model, tta_probabilities
 from hpa_tf.inference.submission import InferenceError
 from hpa_tf.labels import format_target, parse_target, targets_to_matrix
 
-POOL_SETS = ("ext", "kaggle")
 EXTRACT_HINT = "python train_metric.py --extract test kaggle ext"
 
 
