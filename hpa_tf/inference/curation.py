@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from hpa_tf import viz
 from hpa_tf.data import pipeline
@@ -28,6 +29,7 @@ from hpa_tf.inference.submission import InferenceError
 from hpa_tf.labels import format_target, parse_target, targets_to_matrix
 
 EXTRACT_HINT = "python train_metric.py --extract test kaggle ext"
+SEARCH_CHUNK = 8192  # pool images searched per step of the noise report's progress bar
 
 
 @dataclass
@@ -192,15 +194,20 @@ def calibrate_similarity(pool: AnnotatedPool, quantile: float = 0.999, sample: i
     return float(np.quantile(np.concatenate(best_other), quantile))
 
 
-def _neighbours(pool: AnnotatedPool, k: int, similarity: float) -> list[dict[int, float]]:
+def _neighbours(pool: AnnotatedPool, k: int, similarity: float, progress: bool = True
+                ) -> list[dict[int, float]]:
     """Per pool row {row: cosine} of its neighbours: its k nearest of the same antibody, and any of its k
     nearest overall with cosine >= similarity."""
     found: list[dict[int, float]] = [{} for _ in range(len(pool.frame))]
     if len(pool.frame) > 1:
-        rows, cosines = NeighbourIndex.build(pool.space).search(pool.space, min(k + 1, len(pool.frame)))
-        for i, (row, cosine) in enumerate(zip(rows, cosines, strict=True)):
-            found[i].update((int(j), float(c)) for j, c in zip(row, cosine, strict=True)
-                            if j != i and c >= similarity)
+        index = NeighbourIndex.build(pool.space)
+        chunks = range(0, len(pool.frame), SEARCH_CHUNK)
+        quiet = not progress or len(chunks) < 2
+        for start in tqdm(chunks, desc="nearest neighbours", unit="chunk", disable=quiet):
+            rows, cosines = index.search(pool.space[start:start + SEARCH_CHUNK], min(k + 1, len(pool.frame)))
+            for i, (row, cosine) in enumerate(zip(rows, cosines, strict=True), start):
+                found[i].update((int(j), float(c)) for j, c in zip(row, cosine, strict=True)
+                                if j != i and c >= similarity)
     antibody = pool.frame["antibody"]
     for members in antibody[antibody != ""].groupby(antibody).groups.values():
         members = np.asarray(members)
@@ -214,8 +221,8 @@ def _neighbours(pool: AnnotatedPool, k: int, similarity: float) -> list[dict[int
     return found
 
 
-def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | None = None
-                       ) -> tuple[pd.DataFrame, float]:
+def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | None = None,
+                       progress: bool = True) -> tuple[pd.DataFrame, float]:
     """(report, similarity used): one row per annotated image with the majority label set of its
     neighbours (classes held by at least half of them: a tie does not count against the image) and the
     disagreement 1 - Jaccard(labels, majority), ranked by disagreement, then by the number of neighbours;
@@ -225,7 +232,7 @@ def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | Non
     ids = pool.frame["Id"].to_numpy()
     antibody = pool.frame["antibody"].to_numpy()
     records = []
-    for i, found in enumerate(_neighbours(pool, k, similarity)):
+    for i, found in enumerate(_neighbours(pool, k, similarity, progress)):
         order = sorted(found, key=lambda j: -found[j])
         record = {"disagreement": np.nan, "neighbours": len(order), "same_antibody": 0, "majority": "",
                   "only_in_labels": "", "only_in_majority": "", "nearest_id": "", "nearest_cosine": np.nan,
