@@ -9,7 +9,6 @@ Also draws per_class_f1.png (both F1 columns) and training_curves.png (from log.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -51,16 +50,11 @@ def evaluate_run(folder: str | Path, weights: str = "best.weights.h5", batch_siz
     """The class report of a run folder's checkpoint on its validation fold."""
     from hpa_tf.data import pipeline
     from hpa_tf.data.layout import DataLayout
-    from hpa_tf.models.classifier import build_classifier, load_stats
+    from hpa_tf.inference.predict import load_run_model
     from hpa_tf.training.classifier import split_frames
 
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    model, config = load_run_model(folder, weights)
     layout = DataLayout(config["data_dir"])
-    stats = layout.meta_dir / "stats.json"
-    mean, std = load_stats(stats if stats.is_file() else None)
-    model = build_classifier(config["backbone"], weights=None, large=config["large"], mean=mean, std=std)
-    model.load_weights(folder / weights)
     train, valid = split_frames(layout, config["split"], config["fold"])
     source = pipeline.Source(layout, config["img_size"], "train", config["tfrecords"])
     images = pipeline.valid_dataset(source, valid, config["crop_size"], batch_size).map(lambda x, y: x)
