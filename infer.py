@@ -87,17 +87,17 @@ def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_d
     from hpa_tf.atomic import write_csv_atomic
     from hpa_tf.data.layout import DataLayout
     from hpa_tf.inference import curation
+    from hpa_tf.inference.predict import load_run_model
 
     layout, figures = DataLayout(data_dir), Path(args.figures)
     pool = curation.annotated_pool(metric_run, layout)
+    if args.gallery and not folds:
+        print("note: no trained classifier fold (python train_classifier.py): galleries show no prediction")
+    runs = [load_run_model(folder) for folder in folds] if args.gallery else []
+    thresholds = saved_thresholds(args.output)
     for image_id in args.gallery or []:
         query = curation.find_query(pool, metric_run, layout, image_id)
-        predicted = None
-        if folds:
-            predicted = curation.predicted_labels(folds, layout, query, saved_thresholds(args.output))
-        else:
-            print("note: no trained classifier fold (python train_classifier.py): the gallery shows no "
-                  "prediction")
+        predicted = curation.predicted_labels(runs, layout, query, thresholds) if runs else None
         path = curation.gallery(pool, query, layout, args.k, figures / f"gallery_{image_id}.png", predicted)
         print(f"gallery written to {path}")
     if args.noise_report:

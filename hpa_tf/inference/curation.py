@@ -21,10 +21,10 @@ from hpa_tf import viz
 from hpa_tf.data import pipeline
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import DataLayout
-from hpa_tf.embeddings import load_embeddings, matching_space
+from hpa_tf.embeddings import exact_neighbours, load_embeddings, matching_space
 from hpa_tf.inference.neighbors import NeighbourIndex
 from hpa_tf.inference.postprocess import apply_thresholds
-from hpa_tf.inference.predict import load_run_model, tta_probabilities
+from hpa_tf.inference.predict import tta_probabilities
 from hpa_tf.inference.submission import InferenceError
 from hpa_tf.labels import format_target, parse_target, targets_to_matrix
 
@@ -43,6 +43,10 @@ class AnnotatedPool:
     def position(self, image_id: str) -> int | None:
         rows = np.flatnonzero(self.frame["Id"].to_numpy() == image_id)
         return int(rows[0]) if len(rows) else None
+
+    def split(self, row: int) -> str:
+        """Where a pool image's files are: "external" (HPAv18 JPEGs) or "train" (Kaggle train PNGs)."""
+        return "external" if self.frame["set"].iat[row] == "ext" else "train"
 
 
 def _meta(layout: DataLayout, name: str, columns: list[str]) -> pd.DataFrame:
@@ -98,9 +102,8 @@ def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, 
     standardised on its own, spec 10.4) with its true labels where test_truth.csv exists (synthetic)."""
     row = pool.position(image_id)
     if row is not None:
-        record = pool.frame.iloc[row]
-        split = "external" if record["set"] == "ext" else "train"
-        return Query(image_id, pool.space[row], split, parse_target(record["Target"]), row)
+        return Query(image_id, pool.space[row], pool.split(row), parse_target(pool.frame["Target"].iat[row]),
+                     row)
     path = Path(metric_run) / "embeddings_test.npz"
     if path.is_file():
         feats, ids = load_embeddings(path)
@@ -120,22 +123,20 @@ def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, 
 
 def nearest_annotated(pool: AnnotatedPool, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(pool rows, cosines) of the k most similar annotated images, best first, the query itself left out."""
-    cosines = pool.space @ query.vector
-    if query.pool_row is not None:
-        cosines[query.pool_row] = -np.inf
-    order = np.argsort(-cosines, kind="stable")[:k]
-    return order, cosines[order]
+    rows, cosines = exact_neighbours(query.vector[None, :], pool.space, k + 1)
+    keep = rows[0] != query.pool_row
+    return rows[0][keep][:k], cosines[0][keep][:k]
 
 
-def predicted_labels(folds: list[Path], layout: DataLayout, query: Query, thresholds: np.ndarray
+def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, thresholds: np.ndarray
                      ) -> list[int]:
-    """The classifier's labels for one image: 8-view TTA max per fold, fold mean, `thresholds` with the
-    top-1 rule (as the submission does, without the duplicate, leak and neighbour steps)."""
+    """The classifier's labels for one image from the fold runs' (model, config) pairs of
+    predict.load_run_model: 8-view TTA max per fold, fold mean, `thresholds` with the top-1 rule (as the
+    submission does, without the duplicate, leak and neighbour steps)."""
     frame = pd.DataFrame({"Id": [query.image_id], "External": [str(query.kaggle_split == "external")]})
     split = "test" if query.kaggle_split == "test" else "train"
     probs = []
-    for folder in folds:
-        model, config = load_run_model(folder)
+    for model, config in runs:
         source = pipeline.Source(layout, config["img_size"], split, config["tfrecords"])
         probs.append(tta_probabilities(model, source, frame, config["crop_size"], seeds=(0,)))
     return np.flatnonzero(apply_thresholds(np.mean(probs, axis=0), thresholds)[0]).tolist()
@@ -152,12 +153,11 @@ def _pool_tile(layout: DataLayout, pool: AnnotatedPool, row: int, cosine: float,
                mark: str = "") -> viz.Tile:
     """A neighbour tile: Id, cosine, and its labels (green where they are in `highlight`)."""
     record = pool.frame.iloc[row]
-    split = "external" if record["set"] == "ext" else "train"
     lines = [(f"{viz.short_id(record['Id'])} {mark}".rstrip(), viz.PLAIN),
              (f"cosine {cosine:.3f}", viz.PLAIN)]
     lines += [(viz.LABEL_NAMES[c], viz.CORRECT if c in highlight else viz.PLAIN)
               for c in parse_target(record["Target"])]
-    return viz.Tile(load_thumbnail(layout, record["Id"], split), lines)
+    return viz.Tile(load_thumbnail(layout, record["Id"], pool.split(row)), lines)
 
 
 def gallery(pool: AnnotatedPool, query: Query, layout: DataLayout, k: int, path: str | Path,
@@ -272,8 +272,7 @@ def noise_gallery(report: pd.DataFrame, pool: AnnotatedPool, layout: DataLayout,
         lines = [(f"#{record.rank} {viz.short_id(record.Id)}", viz.PLAIN),
                  (f"disagreement {record.disagreement:.2f}", viz.PLAIN)]
         lines += viz.label_lines(parse_target(record.majority), sorted(own), ("majority only", "only here"))
-        split = "external" if record.set == "ext" else "train"
-        tiles = [viz.Tile(load_thumbnail(layout, record.Id, split), lines)]
+        tiles = [viz.Tile(load_thumbnail(layout, record.Id, pool.split(i)), lines)]
         for neighbour in record.neighbour_ids.split()[:k]:
             j = position[neighbour]
             same = record.antibody != "" and pool.frame["antibody"].iat[j] == record.antibody
