@@ -39,14 +39,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "file of 28 numbers")
     add("--no-leak", action="store_true", help="skip the test<->HPAv18 pHash leak replacement")
     add("--metric-run", default=None,
-        help="folder with embeddings_test.npz / embeddings_ext.npz (default RUNS/metric_demo or "
-             "RUNS/metric_i768); 'none' skips the replacement")
+        help="metric-learning run folder (default RUNS/metric_demo or RUNS/metric_i768); its "
+             "embeddings_test.npz / embeddings_ext.npz are extracted first when missing or older than its "
+             "checkpoint; 'none' skips the replacement")
     add("--match-threshold", type=float, default=0.65, help="replace labels when the best cosine is above")
-    add("--output", default="submission.csv", help="submission file (written atomically)")
+    add("--output", default="submission.csv",
+        help="submission file (written atomically); beside it OUTPUT.steps.csv (the labels after each step), "
+             ".prob.npy, .thresholds.npy and .serving.json (what --export serves)")
     add("--batch-size", type=int, default=4, help="images per forward pass (each with all its views)")
     add("--export", default=None, metavar="DIR",
-        help="write SavedModels for TF Serving: DIR/classifier/<version> (the folds' ensemble; labels use "
-             "the thresholds OUTPUT.thresholds.npy of --submission, else 0.5) and DIR/embedder/<version>")
+        help="write SavedModels for TF Serving: DIR/classifier/<version> (whole images of any size resized "
+             "to the crop size, the 8 dihedral views, the folds' mean; labels at the thresholds that "
+             "--submission fitted on that computation, OUTPUT.serving.json, else 0.5) and "
+             "DIR/embedder/<version>")
     add("--gallery", nargs="+", metavar="ID", default=None,
         help="for each image Id (test, Kaggle train or HPAv18) write FIGURES/gallery_<ID>.png: the image "
              "and its --k nearest annotated images by the metric embedding, with labels and cosines; "
@@ -62,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cosine from which a neighbour of another or unknown antibody counts (default: calibrated, "
              "reached with another antibody by 1 in 1000 HPAv18 images)")
     add("--figures", default="figures", help="folder for galleries and the noise report")
+    add("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
@@ -76,10 +82,14 @@ def trained_data_dir(folds: list[Path], metric_run: Path | None) -> str:
     raise InferenceError("no trained run to take the dataset from: pass --data-dir or train first")
 
 
-def saved_thresholds(output: str) -> np.ndarray:
-    """The per-class thresholds --submission fitted (OUTPUT.thresholds.npy), else 0.5 for every class."""
-    saved = Path(output).with_suffix(".thresholds.npy")
-    return np.load(saved) if saved.is_file() else np.full(28, 0.5)
+def serving_record(output: str) -> dict:
+    """What --submission fitted for the served computation (OUTPUT.serving.json), with a note if none."""
+    from hpa_tf.inference.submission import serving_path, serving_record
+
+    record = serving_record(output)
+    if not record["fitted"]:
+        print(f"note: no {serving_path(output)} (python infer.py --submission): labels at 0.5, 8-view max")
+    return record
 
 
 def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_dir: str) -> None:
@@ -94,7 +104,7 @@ def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_d
     if args.gallery and not folds:
         print("note: no trained classifier fold (python train_classifier.py): galleries show no prediction")
     runs = [load_run_model(folder) for folder in folds] if args.gallery else []
-    thresholds = saved_thresholds(args.output)
+    thresholds = np.asarray(serving_record(args.output)["thresholds"]) if runs else None
     for image_id in args.gallery or []:
         query = curation.find_query(pool, metric_run, layout, image_id)
         predicted = curation.predicted_labels(runs, layout, query, thresholds) if runs else None
@@ -154,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                                        seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
                                        views=args.views, combine=args.tta, ratio_source=args.ratios,
                                        leak=not args.no_leak, metric_run=metric_run,
-                                       match_threshold=args.match_threshold, batch_size=args.batch_size)
+                                       match_threshold=args.match_threshold, batch_size=args.batch_size,
+                                       progress=not args.quiet)
             result = make_submission(options, data_dir)
             print(class_counts(result["steps"]).to_string())
             for name, score in result["scores"].items():
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             from hpa_tf.export import export_runs
 
-            for folder in export_runs(folds, saved_thresholds(args.output), metric_run, args.export):
+            for folder in export_runs(folds, serving_record(args.output), metric_run, args.export):
                 print(f"SavedModel written to {folder}")
         if args.gallery or args.noise_report:
             if metric_run is None:

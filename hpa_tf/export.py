@@ -1,9 +1,11 @@
 """SavedModels for TensorFlow Serving: DIR/<model_name>/<version>/ with a float32 and a uint8 signature.
 
-classifier: images [N, H, W, 4] (R, G, B, Y) -> `probabilities` [N, 28] (the fold mean of sigmoids) and
-`labels` [N, 28] int32 (the fitted thresholds and the top-1 rule, spec 10.2, baked in as constants);
-embedder: images -> `embedding` [N, D]. `serving_default` takes float32 in [0, 1], `serving_uint8`
-takes uint8 (divided by 255).
+classifier: whole images [N, H, W, 4] (R, G, B, Y) of any size -> resized to the run's crop size (as
+validation and TTA seed 0 do, spec 5.1), the run's dihedral TTA views combined by its max or mean, the
+fold mean (spec 9.2-9.3) -> `probabilities` [N, 28] and `labels` [N, 28] int32 (thresholds fitted on that
+same computation and the top-1 rule, spec 10.2, baked in as constants); embedder: whole images resized to
+the metric run's image size -> `embedding` [N, D]. `serving_default` takes float32 in [0, 1],
+`serving_uint8` takes uint8, converted exactly as the input pipeline converts the cache images.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hpa_tf.data.pipeline import dihedral
+from hpa_tf.inference.predict import combined_probabilities, view_indices
 from hpa_tf.labels import NUM_CLASSES
 
 FLOAT_IMAGES = tf.TensorSpec([None, None, None, 4], tf.float32, name="images")
@@ -26,37 +30,61 @@ def labels_from(probs: tf.Tensor, thresholds: tf.Tensor) -> tf.Tensor:
     return tf.cast((probs > thresholds) | (top & (thresholds < 1.0)), tf.int32)
 
 
+def checked(images: tf.Tensor) -> tf.Tensor:
+    """`images` once they are a non-empty [N, H, W, 4] batch; else an InvalidArgumentError saying so (a
+    loaded signature does not check shapes itself)."""
+    shape = tf.shape(images)
+    checks = [tf.debugging.assert_equal(tf.rank(images), 4, message="images must be [N, H, W, 4]"),
+              tf.debugging.assert_equal(shape[-1], 4, message="images must have 4 channels (R, G, B, Y)"),
+              tf.debugging.assert_positive(shape[0], message="empty batch: send at least one image")]
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
+
+
+def resized(images: tf.Tensor, size: int) -> tf.Tensor:
+    """Float 0-255 images [N, H, W, C] resized (bilinear, as the input pipeline) to size x size, in [0, 1]."""
+    shape = tf.shape(images)
+    same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+    images = tf.cond(same, lambda: images, lambda: tf.image.resize(images, [size, size], "bilinear"))
+    return tf.clip_by_value(images / 255.0, 0.0, 1.0)
+
+
 def _write(models: list[keras.Model], outputs, folder: Path) -> Path:
-    """Track the models and write both signatures of `outputs(float images)` to `folder`."""
+    """Track the models and write both signatures of `outputs(float 0-255 images)` to `folder`."""
     archive = keras.export.ExportArchive()
     for model in models:
         archive.track(model)
-    archive.add_endpoint("serving_default", outputs, input_signature=[FLOAT_IMAGES])
-    archive.add_endpoint("serving_uint8", lambda images: outputs(tf.cast(images, tf.float32) / 255.0),
+    archive.add_endpoint("serving_default", lambda images: outputs(checked(images) * 255.0),
+                         input_signature=[FLOAT_IMAGES])
+    archive.add_endpoint("serving_uint8", lambda images: outputs(tf.cast(checked(images), tf.float32)),
                          input_signature=[UINT8_IMAGES])
     archive.write_out(str(folder), verbose=False)
     return folder
 
 
-def export_classifier(models: list[keras.Model], thresholds, folder: str | Path) -> Path:
-    """The fold ensemble as one SavedModel (probabilities and thresholded labels)."""
+def export_classifier(models: list[keras.Model], thresholds, folder: str | Path, crop_size: int,
+                      combine: str = "max", views: list[str] | None = None) -> Path:
+    """The fold ensemble as one SavedModel: whole images resized to `crop_size`, the dihedral `views`
+    (default all 8) combined by `combine`, the fold mean, and labels at `thresholds` (top-1 rule)."""
     thresholds = np.asarray(thresholds, dtype=np.float32).reshape(-1)
     if thresholds.shape != (NUM_CLASSES,):
         raise ValueError(f"expected {NUM_CLASSES} thresholds, got {thresholds.shape[0]}")
     constant = tf.constant(thresholds)
+    chosen = view_indices((0,), views)
 
     def outputs(images):
-        probs = tf.add_n([tf.sigmoid(tf.cast(m(images, training=False), tf.float32)) for m in models])
-        probs = probs / len(models)
+        whole = resized(images, crop_size)
+        all_views = tf.stack([dihedral(whole, k) for k in chosen], axis=1)
+        probs = tf.add_n([combined_probabilities(m, all_views, combine) for m in models]) / len(models)
         return {"probabilities": probs, "labels": labels_from(probs, constant)}
 
     return _write(models, outputs, Path(folder))
 
 
-def export_embedder(embedder: keras.Model, folder: str | Path) -> Path:
-    """The metric-learning embedder as a SavedModel (`embedding`)."""
+def export_embedder(embedder: keras.Model, folder: str | Path, img_size: int) -> Path:
+    """The metric-learning embedder as a SavedModel (`embedding` of whole images resized to img_size)."""
     return _write([embedder], lambda images: {
-        "embedding": tf.cast(embedder(images, training=False), tf.float32)}, Path(folder))
+        "embedding": tf.cast(embedder(resized(images, img_size), training=False), tf.float32)}, Path(folder))
 
 
 def predict_request(images: np.ndarray, model_name: str, signature_name: str = "serving_default"):
@@ -77,23 +105,24 @@ def next_version(folder: Path) -> Path:
     return folder / str(max(versions, default=0) + 1)
 
 
-def export_runs(folds: list[str | Path], thresholds, metric_run: Path | None,
+def export_runs(folds: list[str | Path], serving: dict, metric_run: Path | None,
                 out_dir: str | Path) -> list[Path]:
-    """Export the classifier fold ensemble (and the metric run's embedder) under out_dir for TF Serving."""
-    import json
-
-    from hpa_tf.config import metric_config
-    from hpa_tf.data.layout import DataLayout
+    """Export the classifier fold ensemble (with `serving`'s thresholds, TTA combination and views: what
+    `infer.py --submission` fitted, see submission.serving_record) and the metric run's embedder under
+    out_dir for TF Serving."""
     from hpa_tf.inference.predict import load_run_model
-    from hpa_tf.training.metric import load_embedder
+    from hpa_tf.training.metric import load_metric_run
 
     out_dir = Path(out_dir)
-    models = [load_run_model(folder)[0] for folder in folds]
-    written = [export_classifier(models, thresholds, next_version(out_dir / "classifier"))]
+    runs = [load_run_model(folder) for folder in folds]
+    crop_sizes = {config["crop_size"] for _, config in runs}
+    if len(crop_sizes) != 1:
+        raise ValueError(f"the folds were trained at different crop sizes {sorted(crop_sizes)}: export "
+                         "them separately (--folds)")
+    written = [export_classifier([model for model, _ in runs], serving["thresholds"],
+                                 next_version(out_dir / "classifier"), crop_sizes.pop(),
+                                 serving["combine"], serving["views"])]
     if metric_run is not None:
-        saved = json.loads((Path(metric_run) / "config.json").read_text())
-        config = metric_config(saved["profile"], **{k: v for k, v in saved.items()
-                                                    if k not in ("profile", "replicas")})
-        embedder = load_embedder(config, DataLayout(saved["data_dir"]), Path(metric_run) / "best.weights.h5")
-        written.append(export_embedder(embedder, next_version(out_dir / "embedder")))
+        embedder, config = load_metric_run(metric_run)
+        written.append(export_embedder(embedder, next_version(out_dir / "embedder"), config.img_size))
     return written

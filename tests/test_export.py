@@ -49,38 +49,88 @@ def test_labels_follow_the_top1_rule():
                                   apply_thresholds(probs, thresholds))
 
 
+CROP = 32
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """(two small classifiers, their thresholds, the SavedModel folder of their ensemble)."""
+    """(two small classifiers, their thresholds, the SavedModel folder of their ensemble at crop 32)."""
     keras.utils.set_random_seed(0)
     models = [build_classifier("densenet_1_1_1_1", weights=None) for _ in range(2)]
     thresholds = np.full(28, 0.45, np.float32)
-    folder = export_classifier(models, thresholds, tmp_path_factory.mktemp("serving") / "classifier" / "1")
+    folder = export_classifier(models, thresholds, tmp_path_factory.mktemp("serving") / "classifier" / "1",
+                               crop_size=CROP)
     return models, thresholds, folder
 
 
-def test_classifier_ensemble_reloads_with_equal_outputs(exported, tmp_path):
+def _d4_views(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 elements of the dihedral group of a square HWC image, by numpy rotations and a mirror."""
+    return [view for k in range(4) for view in (np.rot90(image, k), np.rot90(image[:, ::-1], k))]
+
+
+def _ensemble_of_views(models, images: np.ndarray, combine=np.max) -> np.ndarray:
+    """Independently: each image resized to CROP (bilinear), its 8 views, sigmoid, `combine` over the
+    views, mean over the models."""
+    small = tf.image.resize(images * 255.0, [CROP, CROP], "bilinear").numpy() / 255.0
+    views = np.stack([view for image in small for view in _d4_views(image)])
+    return np.mean([combine((1 / (1 + np.exp(-m.predict(views, verbose=0)))).reshape(len(images), 8, 28),
+                            axis=1) for m in models], axis=0)
+
+
+def test_classifier_ensemble_serves_whole_images_with_tta_and_fold_mean(exported, tmp_path):
+    """Whole 48 px images: resized to the crop, the 8 dihedral views combined by max, the fold mean."""
     models, thresholds, folder = exported
-    images = np.random.default_rng(0).random((3, 64, 64, 4)).astype(np.float32)
-    expected = np.mean([1 / (1 + np.exp(-m.predict(images, verbose=0))) for m in models], axis=0)
+    images = np.random.default_rng(0).random((3, 48, 48, 4)).astype(np.float32)
+    expected = _ensemble_of_views(models, images)
     out = _reload(folder, images, tmp_path)
     assert set(out) == {"serving_default", "serving_uint8"}
     assert out["serving_default"]["input"] == "float32" and out["serving_uint8"]["input"] == "uint8"
     np.testing.assert_allclose(out["serving_default"]["probabilities"], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out["serving_default"]["labels"], apply_thresholds(expected, thresholds))
     rounded = np.round(images * 255).astype(np.uint8) / 255.0
-    expected_uint8 = np.mean([1 / (1 + np.exp(-m.predict(rounded, verbose=0))) for m in models], axis=0)
-    np.testing.assert_allclose(out["serving_uint8"]["probabilities"], expected_uint8, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["serving_uint8"]["probabilities"], _ensemble_of_views(models, rounded),
+                               rtol=1e-5, atol=1e-5)
+    # the views matter: a single view of the same images gives other probabilities
+    single = np.mean([1 / (1 + np.exp(-m.predict(tf.image.resize(images, [CROP, CROP]).numpy(), verbose=0)))
+                      for m in models], axis=0)
+    assert np.abs(single - expected).max() > 1e-4
+
+
+def test_mean_combination_and_a_subset_of_views(exported, tmp_path):
+    models, thresholds, _ = exported
+    folder = export_classifier(models, thresholds, tmp_path / "mean", CROP, combine="mean",
+                               views=["default", "flipud"])
+    images = np.random.default_rng(4).random((2, CROP, CROP, 4)).astype(np.float32)
+    probs = tf.saved_model.load(str(folder)).signatures["serving_default"](
+        images=tf.constant(images))["probabilities"].numpy()
+    flipped = images[:, ::-1]  # flipud: rows reversed
+    expected = np.mean([np.mean([1 / (1 + np.exp(-m.predict(v, verbose=0))) for v in (images, flipped)],
+                                axis=0) for m in models], axis=0)
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_batches_are_refused_through_the_signature(exported):
+    """A loaded signature does not check shapes itself: the model says what is wrong."""
+    signature = tf.saved_model.load(str(exported[2])).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"4 channels \(R, G, B, Y\)"):
+        signature(images=tf.zeros([2, 16, 16, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        signature(images=tf.zeros([0, 16, 16, 4]))
 
 
 def test_embedder_reloads_with_equal_outputs(tmp_path):
+    """At the run's image size the embedding is the model's; other sizes are resized to it first."""
     embedder = build_embedder("densenet_1_1_1_1", weights=None)
-    folder = export_embedder(embedder, tmp_path / "embedder" / "1")
+    folder = export_embedder(embedder, tmp_path / "embedder" / "1", img_size=64)
     images = np.random.default_rng(2).random((2, 64, 64, 4)).astype(np.float32)
     out = _reload(folder, images, tmp_path)
     np.testing.assert_allclose(out["serving_default"]["embedding"], embedder.predict(images, verbose=0),
                                rtol=1e-5, atol=1e-5)
     assert np.asarray(out["serving_default"]["embedding"]).shape == (2, 512)
+    larger = np.random.default_rng(5).random((1, 96, 96, 4)).astype(np.float32)
+    served = tf.saved_model.load(str(folder)).signatures["serving_default"](images=tf.constant(larger))
+    expected = embedder.predict(tf.image.resize(larger, [64, 64]).numpy(), verbose=0)
+    np.testing.assert_allclose(served["embedding"].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def _signature_blocks(shown: str) -> dict[str, str]:

@@ -12,12 +12,12 @@ import infer
 from hpa_tf.config import classifier_config, metric_config
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
-from hpa_tf.embeddings import matching_space, save_embeddings
+from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
 from hpa_tf.inference.neighbors import NeighbourIndex, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import leak_replace
 from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
 from hpa_tf.inference.submission import write_submission
-from hpa_tf.labels import parse_target
+from hpa_tf.labels import parse_target, targets_to_matrix
 from hpa_tf.training.classifier import train_classifier
 from hpa_tf.training.metric import extract, train_metric
 
@@ -82,11 +82,12 @@ def test_submission_file_parses_back(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_runs(prepared, tmp_path_factory):
-    """A 1-epoch classifier fold and a 1-epoch metric run on `tiny`, with every set's embeddings."""
+    """Two 1-epoch classifier folds and a 1-epoch metric run on `tiny`, with every set's embeddings."""
     root, _ = prepared
     out = tmp_path_factory.mktemp("runs")
     common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
-    train_classifier(classifier_config("demo", crop_size=32, **common), progress=False)
+    for fold in (0, 1):
+        train_classifier(classifier_config("demo", crop_size=32, fold=fold, **common), progress=False)
     metric = metric_config("demo", nn_every=0, **common)
     train_metric(metric, progress=False)
     extract(metric, ["test", "kaggle", "ext", "val", "train"], progress=False)
@@ -114,7 +115,8 @@ def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
 
 
 def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
-    """The demo defaults: the data of the classifier run, seed 0, the metric run RUNS/metric_demo."""
+    """The demo defaults: the data of the classifier runs, every trained fold, seed 0, the metric run
+    RUNS/metric_demo; the labels after each step in OUTPUT.steps.csv."""
     root, out = trained_runs
     output = tmp_path / "submission.csv"
     args = ["--submission", "--runs", str(out), "--output", str(output)]
@@ -132,6 +134,56 @@ def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
     merged = submission.set_index("Id").loc[leak.index]
     # a leaked image keeps its HPAv18 labels unless a nearer neighbour replaced them afterwards
     assert (merged["Predicted"] == leak["Target"]).mean() >= 0.5
+    steps = pd.read_csv(output.with_suffix(".steps.csv"), dtype=str, keep_default_na=False)
+    assert steps.columns.tolist() == ["Id", "cnn@0.5", "thresholds", "leak", "neighbours"]
+    assert steps["Id"].tolist() == submission["Id"].tolist()
+    assert steps["neighbours"].tolist() == submission["Predicted"].tolist()
+    leaked = steps.set_index("Id").loc[leak.index, "leak"]
+    assert [parse_target(t) for t in leaked] == [parse_target(t) for t in leak["Target"]]
+    # the fold mean: outside duplicate groups each row is the mean of the two folds' probabilities
+    probs = np.load(output.with_suffix(".prob.npy"))
+    folds = [np.load(out / "demo" / f"fold{k}" / "prob_test.npy") for k in (0, 1)]
+    alone = _outside_duplicate_groups(root, steps["Id"].tolist())
+    assert np.abs(folds[0] - folds[1]).max() > 1e-3  # two different models
+    np.testing.assert_allclose(probs[alone], np.mean(folds, axis=0)[alone], rtol=1e-6)
+
+
+def _outside_duplicate_groups(root, ids: list[str]) -> np.ndarray:
+    """Mask of the ids in no test<->test duplicate pair (their group mean is themselves)."""
+    pairs = pd.read_csv(DataLayout(root).meta_dir / "test_match_test.csv", dtype=str)
+    paired = set(pairs["Test1"]) | set(pairs["Test2"])
+    mask = np.array([i not in paired for i in ids])
+    assert 0 < mask.sum() < len(ids)
+    return mask
+
+
+def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_runs, tmp_path, capsys):
+    """A metric run with only its checkpoint: --submission extracts test and ext itself (the same files
+    as --extract), saves the neighbour index and reuses it until embeddings_ext.npz changes."""
+    import shutil
+
+    root, out = trained_runs
+    metric = tmp_path / "metric"
+    metric.mkdir()
+    for name in ("config.json", "best.weights.h5"):
+        shutil.copy(out / "metric_demo" / name, metric / name)
+    base = ["--submission", "--runs", str(out), "--metric-run", str(metric), "--quiet",
+            "--output", str(tmp_path / "submission.csv")]
+    assert infer.main(base) == 0
+    printed = capsys.readouterr().out
+    assert "extracting embeddings test, ext" in printed and "saved to" in printed
+    for name in ("test", "ext"):
+        with np.load(metric / f"embeddings_{name}.npz") as new, \
+                np.load(out / "metric_demo" / f"embeddings_{name}.npz") as reference:
+            np.testing.assert_array_equal(new["ids"], reference["ids"])
+            np.testing.assert_allclose(new["feats"], reference["feats"], rtol=1e-5, atol=1e-5)
+    assert infer.main(base) == 0
+    printed = capsys.readouterr().out
+    assert "extracting" not in printed and f"reused from {metric / 'index_ext'}" in printed
+    feats, ids = load_embeddings(metric / "embeddings_ext.npz")
+    save_embeddings(metric / "embeddings_ext.npz", feats[::-1], ids[::-1])  # changed: rebuilt
+    assert infer.main(base) == 0
+    assert f"saved to {metric / 'index_ext'}" in capsys.readouterr().out
 
 
 def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(trained_runs, tmp_path, capsys):
@@ -140,7 +192,7 @@ def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(train
     base = ["--submission", "--data-dir", str(root), "--runs", str(out), "--run", "demo", "--seeds", "0",
             "--output", str(output)]
     assert infer.main([*base, "--metric-run", str(tmp_path)]) == 2
-    assert "embeddings_test.npz not found" in capsys.readouterr().err
+    assert "embeddings_test.npz not found, nor the checkpoint" in capsys.readouterr().err
     bad = tmp_path / "bad"
     save_embeddings(bad / "embeddings_test.npz", np.zeros((2, 512)), ["x", "y"])
     save_embeddings(bad / "embeddings_ext.npz", np.zeros((2, 512)), ["x", "y"])
@@ -182,24 +234,33 @@ def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
     assert not output.exists()
 
 
-def test_infer_export_writes_serving_folders(trained_runs, tmp_path):
+def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tmp_path):
+    """The exported ensemble on the test cache images gives the `thresholds` step of `--submission
+    --seeds 0` for every image outside a duplicate group; a second export becomes version 2."""
+    import tensorflow as tf
+    from PIL import Image
+
     root, out = trained_runs
     output = tmp_path / "submission.csv"
-    np.save(output.with_suffix(".thresholds.npy"), np.full(28, 0.3))
-    args = ["--export", str(tmp_path / "serving"), "--runs", str(out), "--output", str(output)]
-    assert infer.main(args) == 0
-    assert infer.main(args) == 0  # a second export becomes version 2
-    import tensorflow as tf
-
+    common = ["--runs", str(out), "--output", str(output), "--quiet"]
+    assert infer.main(["--submission", "--seeds", "0", "--metric-run", "none", *common]) == 0
+    serving = tmp_path / "serving"
+    assert infer.main(["--export", str(serving), *common]) == 0
+    assert infer.main(["--export", str(serving), *common]) == 0
     for name in ("classifier", "embedder"):
-        assert sorted(p.name for p in (tmp_path / "serving" / name).iterdir()) == ["1", "2"]
-    loaded = tf.saved_model.load(str(tmp_path / "serving" / "classifier" / "2"))
-    images = np.random.default_rng(0).random((2, 32, 32, 4)).astype(np.float32)
-    result = loaded.signatures["serving_default"](images=tf.constant(images))
-    assert result["probabilities"].shape == (2, 28) and result["labels"].dtype == tf.int32
-    embedder = tf.saved_model.load(str(tmp_path / "serving" / "embedder" / "1"))
-    uint8 = tf.constant((images * 255).astype(np.uint8))
-    assert embedder.signatures["serving_uint8"](images=uint8)["embedding"].shape == (2, 512)
+        assert sorted(p.name for p in (serving / name).iterdir()) == ["1", "2"]
+    steps = pd.read_csv(output.with_suffix(".steps.csv"), dtype=str, keep_default_na=False)
+    layout = DataLayout(root)
+    paths = pipeline.cache_files(pipeline.Source(layout, 64, "test"), steps[["Id"]])
+    images = np.stack([np.stack([np.asarray(Image.open(p)) for p in row], axis=-1) for row in paths])
+    signature = tf.saved_model.load(str(serving / "classifier" / "2")).signatures["serving_uint8"]
+    labels = np.concatenate([signature(images=tf.constant(images[i:i + 4]))["labels"].numpy()
+                             for i in range(0, len(images), 4)])
+    alone = _outside_duplicate_groups(root, steps["Id"].tolist())
+    expected = targets_to_matrix(steps["thresholds"])
+    np.testing.assert_array_equal(labels[alone], expected[alone])
+    embedder = tf.saved_model.load(str(serving / "embedder" / "1")).signatures["serving_uint8"]
+    assert embedder(images=tf.constant(images[:2]))["embedding"].shape == (2, 512)
 
 
 def _planted(root, kind: str, same_labels: str) -> pd.DataFrame:

@@ -19,14 +19,50 @@ def _rgb_and_rgb0(size: int, n: int = 2, seed: int = 0):
     return rgb, np.concatenate([rgb, np.zeros_like(rgb[..., :1])], axis=-1)
 
 
-@pytest.mark.parametrize("name", [MINI, "resnet50"])
-def test_four_channel_model_on_rgb0_equals_source_on_rgb(name):
+# Each family's own preprocessing, as Keras exports it: what the adapter must reproduce from torch input.
+FAMILY_PREPROCESS = {MINI: keras.applications.densenet, "densenet121": keras.applications.densenet,
+                     "resnet50": keras.applications.resnet50, "inceptionv3": keras.applications.inception_v3}
+STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "resnet50": "conv1_conv",
+             "inceptionv3": "conv2d"}
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_PREPROCESS))
+def adapted(request):
+    """(name, 3-channel source with random weights, its 4-channel adaptation)."""
     keras.utils.set_random_seed(0)
-    source = source_model(name, weights=None)
-    model = adapt(source, name=name)
-    rgb, rgb0 = _rgb_and_rgb0(64)
-    expected = source(rgb, training=False).numpy()
-    np.testing.assert_allclose(model(rgb0, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
+    source = source_model(request.param, weights=None)
+    return request.param, source, adapt(source, name=request.param)
+
+
+def test_adapter_on_torch_input_equals_the_source_on_its_own_preprocessing(adapted):
+    """On [z_R, z_G, z_B, 0] (RGB z-scored with ImageNet's mean and std) the 4-channel model equals the
+    source on keras.applications.<family>.preprocess_input(255 RGB): caffe BGR for ResNet, [-1, 1] for
+    Inception, torch for DenseNet."""
+    name, source, model = adapted
+    rgb = np.random.default_rng(0).random((2, 80, 80, 3)).astype("float32")
+    z = (rgb - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    torch_input = np.concatenate([z, np.zeros_like(z[..., :1])], axis=-1).astype("float32")
+    expected = source(FAMILY_PREPROCESS[name].preprocess_input(255.0 * rgb), training=False).numpy()
+    got = model(torch_input, training=False).numpy()
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-3
+    # DenseNet's weights take torch input as it is: no conversion layer at all
+    has_layer = any(layer.name == "input_convention" for layer in model.layers)
+    assert has_layer == (name not in (MINI, "densenet121"))
+
+
+def test_yellow_kernel_copies_the_slice_that_reads_red(adapted):
+    """ResNet's caffe weights read BGR, so red is input slice 2 there; 0 for DenseNet and Inception."""
+    name, source, model = adapted
+    kernel3 = source.get_layer(STEM_CONV[name]).get_weights()[0]
+    kernel4 = model.get_layer(STEM_CONV[name]).get_weights()[0]
+    red = 2 if name == "resnet50" else 0
+    np.testing.assert_array_equal(kernel4[:, :, :3], kernel3)
+    np.testing.assert_array_equal(kernel4[:, :, 3], kernel3[:, :, red])
+    # and Y is scaled as red is: Y = z equals adding the red-kernel response of R = z with no offset
+    if name == "resnet50":
+        kernel, bias = (np.asarray(w) for w in model.get_layer("input_convention").get_weights())
+        assert kernel[0, 2] == pytest.approx(255 * 0.229) and kernel[3, 3] == kernel[0, 2]
+        assert bias[3] == 0 and bias[2] == pytest.approx(255 * 0.485 - 123.68, abs=1e-4)
 
 
 def test_stem_kernel_keeps_rgb_and_copies_red_to_yellow():

@@ -4,6 +4,7 @@ product is the cosine), exact search as fallback and yardstick, and the label re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa_tf.atomic import write_json_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
 
 # Reference sets smaller than this are searched exactly: brute force is fast there, and the tree's default
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
 EXACT_BELOW = 20_000
 INDEX_INFO = "hpa_tf_index.json"
+INDEX_VERSION = 1  # bumped when the index's build settings change, so saved indexes are rebuilt
 
 
 @dataclass
@@ -57,15 +60,19 @@ class NeighbourIndex:
         indices, scores = self.searcher.search_batched(queries, final_num_neighbors=k)
         return np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the index (ScaNN's own files, or the reference rows for exact search) to a folder."""
+    def save(self, folder: str | Path, fingerprint: str | None = None) -> Path:
+        """Write the index (ScaNN's own files, or the reference rows for exact search) to a folder;
+        `fingerprint` names what it was built from. Its info file is removed first and written last
+        (atomically), so an interrupted save leaves no index that load() accepts. In place: ScaNN's
+        files record their own absolute paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX_INFO).unlink(missing_ok=True)
         np.save(folder / "references.npy", self.references)
         if self.searcher is not None:
             self.searcher.serialize(str(folder))
-        (folder / INDEX_INFO).write_text(json.dumps({"scann": self.searcher is not None,
-                                                     "rows": len(self.references)}))
+        write_json_atomic({"scann": self.searcher is not None, "rows": len(self.references),
+                           "fingerprint": fingerprint}, folder / INDEX_INFO)
         return folder
 
     @classmethod
@@ -84,12 +91,35 @@ class NeighbourIndex:
         return cls(references, scann.scann_ops_pybind.load_searcher(str(folder)))
 
 
-def match(query_feats: np.ndarray, reference_feats: np.ndarray, k: int = 1, exact: bool = False
-          ) -> tuple[np.ndarray, np.ndarray]:
+def match(query_feats: np.ndarray, reference_feats: np.ndarray, k: int = 1, exact: bool = False,
+          index: NeighbourIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k references of every query as the reference matched them: each set standardised on its own,
-    then cosine (spec 10.4)."""
-    index = NeighbourIndex.build(matching_space(reference_feats), exact=exact)
+    then cosine (spec 10.4); `index` is one already built over these references."""
+    index = index or NeighbourIndex.build(matching_space(reference_feats), exact=exact)
     return index.search(matching_space(query_feats), k)
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes and of the index defaults: an index built from it stays valid while both
+    are unchanged."""
+    digest = hashlib.sha256(f"{EXACT_BELOW}:{INDEX_VERSION}".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_index(embeddings_path: str | Path, reference_feats: np.ndarray, folder: str | Path
+                 ) -> tuple[NeighbourIndex, bool]:
+    """(index over `reference_feats` in matching space, whether it was reused): the one saved in `folder`
+    while it was built from the same embeddings file, else a new one, saved there."""
+    folder, fingerprint = Path(folder), file_fingerprint(embeddings_path)
+    info = folder / INDEX_INFO
+    if info.is_file() and json.loads(info.read_text()).get("fingerprint") == fingerprint:
+        return NeighbourIndex.load(folder), True
+    index = NeighbourIndex.build(matching_space(reference_feats))
+    index.save(folder, fingerprint)
+    return index, False
 
 
 def replace_labels(predicted: list[str], best_reference: np.ndarray, best_cosine: np.ndarray,

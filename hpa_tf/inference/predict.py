@@ -14,7 +14,8 @@ from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.models.classifier import build_classifier, load_stats
 
-COMBINE = {"max": np.max, "mean": np.mean}
+COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
+COMBINE_NUMPY = {"max": np.max, "mean": np.mean}
 
 
 def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
@@ -32,32 +33,59 @@ def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
     return model, config
 
 
-def tta_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
-                      seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
-                      views: list[str] | None = None) -> np.ndarray:
-    """[N, 28] probabilities: sigmoid of every view (the dihedral transforms named in `views`, default all
-    8, x seeds: spec 5.3-5.4), combined per image by element-wise `combine` (spec 9.2); the views of
-    `batch_size` images go through one forward pass."""
-    if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
+def view_indices(seeds, views: list[str] | None = None) -> list[int]:
+    """Positions, in tta_views' seed-major order of 8 views per seed, of the dihedral views named in
+    `views` (default all 8) for every seed; ValueError naming an unknown view."""
     names = list(pipeline.DIHEDRAL)
     views = list(views or names)
     unknown = [v for v in views if v not in names]
     if unknown:
         raise ValueError(f"unknown TTA views {unknown}; choose from {names}")
-    chosen = tf.constant([8 * s + names.index(v) for s in range(len(seeds)) for v in views])
-    views_per_image = len(chosen)
+    return [8 * s + names.index(v) for s in range(len(seeds)) for v in views]
 
-    @tf.function
-    def forward(all_views):
-        flat = tf.reshape(tf.gather(all_views, chosen, axis=1), [-1, crop_size, crop_size, 4])
-        probs = tf.sigmoid(tf.cast(model(flat, training=False), tf.float32))
-        return tf.reshape(probs, [-1, views_per_image, probs.shape[-1]])
 
-    out = np.zeros((len(frame), 28), np.float32)
+def check_combine(combine: str) -> None:
+    """ValueError unless `combine` names a TTA combination (max, mean)."""
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
+
+
+def combined_probabilities(model, views: tf.Tensor, combine: str = "max") -> tf.Tensor:
+    """[N, 28] probabilities from views [N, V, crop, crop, 4]: the sigmoid of every view in one forward
+    pass, combined per image by element-wise `combine` (spec 9.2)."""
+    check_combine(combine)
+    shape = tf.shape(views)
+    flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
+    probs = tf.sigmoid(tf.cast(model(flat, training=False), tf.float32))
+    return COMBINE[combine](tf.reshape(probs, [shape[0], shape[1], probs.shape[-1]]), axis=1)
+
+
+def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
+                       seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
+                       views: list[str] | None = None) -> np.ndarray:
+    """[S, N, 28]: per seed (spec 5.4) the chosen dihedral views of each image combined by `combine`; the
+    views of `batch_size` images go through one forward pass."""
+    check_combine(combine)
+    chosen = tf.constant(view_indices(seeds, views))
+    per_seed = len(chosen) // len(seeds)
+    forward = tf.function(lambda all_views: combined_probabilities(
+        model, tf.reshape(tf.gather(all_views, chosen, axis=1),
+                          [-1, per_seed, crop_size, crop_size, 4]), combine))
+    out = np.zeros((len(seeds), len(frame), 28), np.float32)
     for all_views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
-        out[index.numpy()] = COMBINE[combine](forward(all_views).numpy(), axis=1)
+        probs = forward(all_views).numpy().reshape(-1, len(seeds), 28)  # images x seeds, seed-minor
+        out[:, index.numpy()] = probs.transpose(1, 0, 2)
     return out
+
+
+def tta_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
+                      seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
+                      views: list[str] | None = None) -> np.ndarray:
+    """[N, 28] probabilities: sigmoid of every view (the dihedral transforms named in `views`, default all
+    8, x seeds: spec 5.3-5.4), combined per image by element-wise `combine` (spec 9.2); the max (mean) of
+    the per-seed maxima (means) over equally many views each is the max (mean) over all views."""
+    per_seed = seed_probabilities(model, source, frame, crop_size, seeds, combine, batch_size, views)
+    return COMBINE_NUMPY[combine](per_seed, axis=0)
 
 
 def duplicate_groups(ids: list[str], pairs: pd.DataFrame) -> np.ndarray:

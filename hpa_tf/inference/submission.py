@@ -4,21 +4,29 @@ leak replacement, then nearest-HPAv18 label replacement by the metric embedding.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import write_csv_atomic
+from hpa_tf.atomic import write_csv_atomic, write_json_atomic
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
-from hpa_tf.inference.neighbors import match, replace_labels, threshold_sweep
+from hpa_tf.inference.neighbors import cached_index, match, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
-from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
+from hpa_tf.inference.predict import (
+    COMBINE_NUMPY,
+    duplicate_groups,
+    group_mean,
+    load_run_model,
+    seed_probabilities,
+)
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
 from hpa_tf.metrics import macro_f1
+from hpa_tf.training.metric import ensure_embeddings
 
 
 class InferenceError(ValueError):
@@ -39,6 +47,7 @@ class InferenceOptions:
     metric_run: Path | None = None  # folder with embeddings_test.npz and embeddings_ext.npz
     match_threshold: float = 0.65
     batch_size: int = 4
+    progress: bool = True  # progress bars of an embedding extraction
 
 
 def write_submission(path: str | Path, ids: list[str], targets: list[str]) -> Path:
@@ -66,19 +75,25 @@ def check_images(source: pipeline.Source, test: pd.DataFrame) -> None:
                                  f"{source.layout.root}`")
 
 
-def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame) -> np.ndarray:
-    """Fold mean of the TTA probabilities of every fold run (each saved as prob_test.npy beside it)."""
-    fold_probs = []
+def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(fold mean of the TTA probabilities of every fold run, each saved as prob_test.npy beside it;
+    fold mean of the seed-0 views alone: what the exported SavedModel computes)."""
+    fold_probs, fold_whole = [], []
     for folder in options.folds:
         model, config = load_run_model(folder)
         source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
         check_images(source, test)
-        probs = tta_probabilities(model, source, test, config["crop_size"], options.seeds, options.combine,
-                                  options.batch_size, options.views)
+        per_seed = seed_probabilities(model, source, test, config["crop_size"], options.seeds,
+                                      options.combine, options.batch_size, options.views)
+        probs = COMBINE_NUMPY[options.combine](per_seed, axis=0)
         np.save(Path(folder) / "prob_test.npy", probs)
         fold_probs.append(probs)
+        fold_whole.append(per_seed[list(options.seeds).index(0)] if 0 in options.seeds else
+                          seed_probabilities(model, source, test, config["crop_size"], (0,), options.combine,
+                                             options.batch_size, options.views)[0])
         print(f"{folder}: TTA probabilities of {len(test)} test images", flush=True)
-    return np.mean(fold_probs, axis=0)
+    return np.mean(fold_probs, axis=0), np.mean(fold_whole, axis=0)
 
 
 def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[str], targets: list[str]):
@@ -96,32 +111,51 @@ def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[s
     missing = [i for i in ext_ids if i not in corrected.index]
     if missing:
         raise InferenceError(f"embeddings_ext.npz has {len(missing)} ids without labels, e.g. {missing[0]}")
-    best, cosine = match(test_feats, ext_feats, k=1)
+    index, reused = cached_index(options.metric_run / "embeddings_ext.npz", ext_feats,
+                                 options.metric_run / "index_ext")
+    print(f"neighbour index of {len(ext_ids)} HPAv18 images {'reused from' if reused else 'saved to'} "
+          f"{options.metric_run / 'index_ext'}", flush=True)
+    best, cosine = match(test_feats, ext_feats, k=1, index=index)
     return replace_labels(targets, best[:, 0], cosine[:, 0], corrected.loc[ext_ids].tolist(),
                           options.match_threshold)
 
 
+def serving_path(output: str | Path) -> Path:
+    """OUTPUT.serving.json: what the exported classifier computes (thresholds, TTA combination, views)."""
+    return Path(output).with_suffix(".serving.json")
+
+
+def serving_record(output: str | Path) -> dict:
+    """The serving record of the last --submission to `output`, else 0.5 thresholds, max, all 8 views."""
+    path = serving_path(output)
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"thresholds": [0.5] * 28, "combine": "max", "views": None, "fitted": False}
+
+
 def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
-    """Run every step, write the submission and return {step name: targets}, plus macro-F1 per step
-    where the truth is known (the synthetic test_truth.csv)."""
+    """Run every step, write the submission, OUTPUT.steps.csv (the labels after each step) and
+    OUTPUT.serving.json, and return {step name: targets}, plus macro-F1 per step where the truth is known
+    (the synthetic test_truth.csv)."""
     layout = DataLayout(data_dir)
     test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
     ids = test["Id"].tolist()
-    if options.metric_run is not None:  # fail before the long part
-        for name in ("embeddings_test.npz", "embeddings_ext.npz"):
-            if not (options.metric_run / name).is_file():
-                raise InferenceError(f"{options.metric_run / name} not found: run "
-                                     f"`python train_metric.py --extract test ext` first")
-    probs = ensemble_probabilities(options, layout, test)
-    pairs = pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str)
-    probs = group_mean(probs, duplicate_groups(ids, pairs))
+    if options.metric_run is not None:  # before the long part: fails early, or extracts what is missing
+        ensure_embeddings(options.metric_run, ["test", "ext"], progress=options.progress)
+    probs, whole = ensemble_probabilities(options, layout, test)
+    groups = duplicate_groups(ids, pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str))
+    probs, whole = group_mean(probs, groups), group_mean(whole, groups)
     np.save(Path(options.output).with_suffix(".prob.npy"), probs)  # rows: the Ids of sample_submission
     write_csv_atomic(test, Path(options.output).with_suffix(".prob_ids.csv"))
     train_labels = targets_to_matrix(pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str,
                                                  keep_default_na=False)["Target"])
+    target_ratios = ratios(options.ratio_source, train_labels)
     steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
-    thresholds = fit_thresholds(probs, ratios(options.ratio_source, train_labels))
-    np.save(Path(options.output).with_suffix(".thresholds.npy"), thresholds)  # for infer.py --export
+    thresholds = fit_thresholds(probs, target_ratios)
+    np.save(Path(options.output).with_suffix(".thresholds.npy"), thresholds)
+    served = fit_thresholds(whole, target_ratios)  # what the exported model's labels use
+    write_json_atomic({"thresholds": served.tolist(), "combine": options.combine, "views": options.views,
+                       "ratios": options.ratio_source, "fitted": True}, serving_path(options.output))
     steps.append(("thresholds", multihot_targets(apply_thresholds(probs, thresholds))))
     if options.leak:
         leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
@@ -129,6 +163,9 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
     if options.metric_run is not None:
         steps.append(("neighbours", neighbour_targets(options, layout, ids, steps[-1][1])[0]))
     write_submission(options.output, ids, steps[-1][1])
+    write_csv_atomic(pd.DataFrame({"Id": ids, **{name: [format_target(parse_target(t)) for t in targets]
+                                                 for name, targets in steps}}),
+                     Path(options.output).with_suffix(".steps.csv"))
     scores = {}
     if layout.test_truth_csv.is_file():
         truth = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False).set_index("Id")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
-from hpa_tf.config import MetricConfig
+from hpa_tf.config import MetricConfig, metric_config
 from hpa_tf.data import pipeline
+from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
 from hpa_tf.losses import arcface_loss
 from hpa_tf.models.metric import ArcMarginProduct, build_embedder
@@ -69,6 +71,24 @@ def load_embedder(config: MetricConfig, layout, checkpoint: Path) -> keras.Model
     return net.get_layer("embedder")
 
 
+def metric_run_config(metric_run: str | Path) -> MetricConfig:
+    """A metric run's config, replayed from its config.json through its profile (TrainingSetupError
+    naming the file when it is missing)."""
+    path = Path(metric_run) / "config.json"
+    if not path.is_file():
+        raise TrainingSetupError(f"{path} not found: train the metric model first (python train_metric.py)")
+    saved = json.loads(path.read_text())
+    return metric_config(saved["profile"], **{k: v for k, v in saved.items()
+                                              if k not in ("profile", "replicas")})
+
+
+def load_metric_run(metric_run: str | Path, weights: str = "best.weights.h5"
+                    ) -> tuple[keras.Model, MetricConfig]:
+    """(the trained embedder, its config) of a metric run folder."""
+    config = metric_run_config(metric_run)
+    return load_embedder(config, DataLayout(config.data_dir), Path(metric_run) / weights), config
+
+
 def _frame(session: Session, name: str | None) -> pd.DataFrame:
     """A split file, or the Kaggle images of sample_submission (None) / train_meta.csv with no antibody
     (code -1)."""
@@ -86,11 +106,11 @@ def _frame(session: Session, name: str | None) -> pd.DataFrame:
 
 
 def embed(embedder: keras.Model, session: Session, config: MetricConfig, frame: pd.DataFrame,
-          kaggle_split: str = "train", batch_size: int | None = None) -> np.ndarray:
+          kaggle_split: str = "train", batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
     """[N, D] float32 embeddings of a frame's images, in frame order (one pass, no TTA: spec 10.4)."""
     source = pipeline.Source(session.layout, config.img_size, kaggle_split, config.tfrecords)
     images = pipeline.metric_dataset(source, frame, batch_size or config.batch_size, training=False)
-    return embedder.predict(images.map(lambda x, y: x), verbose=0).astype(np.float32)
+    return embedder.predict(images.map(lambda x, y: x), verbose=verbose).astype(np.float32)
 
 
 class NeighbourAccuracy(keras.callbacks.Callback):
@@ -141,21 +161,43 @@ def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> d
 
 
 def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.h5",
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, folder: str | Path | None = None) -> list[Path]:
     """Write `embeddings_<set>.npz` (feats [N, D] float32, ids) for each named set of EXTRACT_SETS into the
-    run folder, from the run's checkpoint `weights`."""
+    run folder (`folder`, default the config's), from the run's checkpoint `weights`."""
     unknown = [s for s in sets if s not in EXTRACT_SETS]
     if unknown:
         raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
     config = dataclasses.replace(config, strategy="default")  # one device; the caller's config untouched
     session = start_session(config, progress)
-    folder = run_folder(config)
+    folder = Path(folder) if folder is not None else run_folder(config)
     embedder = load_embedder(config, session.layout, folder / weights)
     written = []
     for name in sets:
         split_file, kaggle_split = EXTRACT_SETS[name]
         frame = _frame(session, split_file)
-        feats = embed(embedder, session, config, frame, kaggle_split)
+        feats = embed(embedder, session, config, frame, kaggle_split, verbose=1 if progress else 0)
         written.append(save_embeddings(folder / f"embeddings_{name}.npz", feats, frame["Id"]))
         print(f"{name}: {len(frame)} embeddings of dimension {feats.shape[1]} -> {written[-1]}", flush=True)
     return written
+
+
+def ensure_embeddings(metric_run: str | Path, sets: list[str], weights: str = "best.weights.h5",
+                      progress: bool = True) -> list[Path]:
+    """The metric run's `embeddings_<set>.npz` files, extracted first where one is missing or older than
+    the checkpoint `weights` (so inference needs no separate --extract step)."""
+    folder = Path(metric_run)
+    checkpoint = folder / weights
+    paths = [folder / f"embeddings_{name}.npz" for name in sets]
+    missing = [path for path in paths if not path.is_file()]
+    if not checkpoint.is_file():
+        if missing:
+            raise TrainingSetupError(f"{missing[0]} not found, nor the checkpoint {checkpoint} to extract it "
+                                     "from: train the metric model first (python train_metric.py)")
+        return paths  # embeddings without their checkpoint: used as they are
+    stale = [name for name, path in zip(sets, paths, strict=True)
+             if path in missing or path.stat().st_mtime < checkpoint.stat().st_mtime]
+    if stale:
+        print(f"extracting embeddings {', '.join(stale)} of {folder} (missing or older than {weights})",
+              flush=True)
+        extract(metric_run_config(folder), stale, weights, progress, folder)
+    return paths
