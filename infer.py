@@ -20,6 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and prints the macro-F1 after each step.")
     add = parser.add_argument
     add("--submission", action="store_true", help="write the submission")
+    add("--validate", action="store_true",
+        help="the validation ensemble (spec 9.2-9.3): each trained fold predicts its own validation split "
+             "with the same TTA; the out-of-fold set's macro-F1 at 0.5 and at ratio thresholds, with and "
+             "without the top-1 rule, and per class, printed and written to --validation-csv")
+    add("--validation-csv", default="validation.csv", help="where --validate writes its table")
     add("--sweep", action="store_true",
         help="print the match-threshold sweep on the antibody val split (needs train_metric.py --extract "
              "val train) to choose --match-threshold")
@@ -61,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--noise-report", action="store_true",
         help="write FIGURES/noise_report.csv (annotated images ranked by how much their labels disagree "
              "with the majority of their neighbours of the same antibody or very high similarity) and "
-             "FIGURES/noise_report.png; needs train_metric.py --extract ext (and kaggle)")
+             "FIGURES/noise_report.png; the metric run's test, kaggle and ext embeddings are extracted "
+             "first where missing or stale")
     add("--noise-neighbours", type=int, default=10, help="nearest neighbours considered per image")
     add("--noise-similarity", type=float, default=None,
         help="cosine from which a neighbour of another or unknown antibody counts (default: calibrated, "
@@ -77,7 +83,7 @@ def trained_data_dir(folds: list[Path], metric_run: Path | None) -> str:
     for config in [run / "config.json" for run in runs]:
         if config.is_file():
             return json.loads(config.read_text())["data_dir"]
-    from hpa_tf.inference.submission import InferenceError
+    from hpa_tf.inference.predict import InferenceError
 
     raise InferenceError("no trained run to take the dataset from: pass --data-dir or train first")
 
@@ -98,8 +104,10 @@ def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_d
     from hpa_tf.data.layout import DataLayout
     from hpa_tf.inference import curation
     from hpa_tf.inference.predict import load_run_model
+    from hpa_tf.training.metric import ensure_embeddings
 
     layout, figures = DataLayout(data_dir), Path(args.figures)
+    ensure_embeddings(metric_run, ["test", "kaggle", "ext"], progress=not args.quiet)
     pool = curation.annotated_pool(metric_run, layout)
     if args.gallery and not folds:
         print("note: no trained classifier fold (python train_classifier.py): galleries show no prediction")
@@ -127,9 +135,10 @@ def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.submission or args.sweep or args.export or args.gallery or args.noise_report):
-        print("nothing to do: pass --submission, --sweep, --export, --gallery or --noise-report (see --help)",
-              file=sys.stderr)
+    modes = (args.submission, args.validate, args.sweep, args.export, args.gallery, args.noise_report)
+    if not any(modes):
+        print("nothing to do: pass --submission, --validate, --sweep, --export, --gallery or --noise-report "
+              "(see --help)", file=sys.stderr)
         return 2
     if args.k < 1 or args.noise_neighbours < 1:
         print("error: --k and --noise-neighbours must be at least 1", file=sys.stderr)
@@ -152,16 +161,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metric_run = None if args.metric_run.lower() == "none" else Path(args.metric_run)
     try:
-        if not folds and (args.submission or args.export):
+        if not folds and (args.submission or args.export or args.validate):
             raise InferenceError(f"no trained fold in {run}: run `python train_classifier.py` first")
         data_dir = args.data_dir or trained_data_dir(folds, metric_run)
         if args.sweep:
             if metric_run is None:
                 raise InferenceError("--sweep needs a metric run (--metric-run)")
             print(validation_sweep(metric_run, data_dir).round(4).to_string(index=False))
+        seeds = tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3)))
+        if args.validate:
+            from hpa_tf.inference.validation import validate
+
+            summary, per_class = validate(folds, args.ratios, seeds, args.views, args.tta, args.batch_size,
+                                          args.validation_csv)
+            print(per_class.round(4).to_string(index=False))
+            print(summary.round(4).to_string(index=False))
+            print(f"validation table written to {args.validation_csv}")
         if args.submission:
             options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
-                                       seeds=tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3))),
+                                       seeds=seeds,
                                        views=args.views, combine=args.tta, ratio_source=args.ratios,
                                        leak=not args.no_leak, metric_run=metric_run,
                                        match_threshold=args.match_threshold, batch_size=args.batch_size,

@@ -203,6 +203,32 @@ def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(train
     assert not output.exists()
 
 
+def test_infer_validate_scores_the_out_of_fold_predictions(trained_runs, tmp_path, capsys):
+    """`--validate` on the two trained folds: each fold's own validation split, scored as sklearn scores
+    the same out-of-fold predictions; no trained fold is named."""
+    from sklearn.metrics import f1_score
+
+    from hpa_tf.training.classifier import split_frames
+
+    root, out = trained_runs
+    table_path = tmp_path / "validation.csv"
+    assert infer.main(["--validate", "--runs", str(out), "--validation-csv", str(table_path)]) == 0
+    assert f"validation table written to {table_path}" in capsys.readouterr().out
+    table = pd.read_csv(table_path, index_col="class")
+    layout, truth, probs = DataLayout(root), [], []
+    for fold in (0, 1):
+        model, config = load_run_model(out / "demo" / f"fold{fold}")
+        valid = split_frames(layout, config["split"], fold)[1]
+        probs.append(tta_probabilities(model, pipeline.Source(layout, 64, "train"), valid, 32, seeds=(0,)))
+        truth.append(pipeline.frame_labels(valid))
+    truth, probs = np.concatenate(truth), np.concatenate(probs)
+    expected = f1_score(truth, probs > 0.5, average="macro", zero_division=0)
+    assert table.loc["macro", "f1 0.5"] == pytest.approx(expected, abs=1e-6)
+    assert len(table) == 30 and table.index[0] == "Nucleoplasm"
+    assert infer.main(["--validate", "--runs", str(out), "--run", "nothing"]) == 2
+    assert "no trained fold" in capsys.readouterr().err
+
+
 def test_infer_sweep_prints_the_val_table(trained_runs, capsys):
     root, out = trained_runs
     args = ["--sweep", "--data-dir", str(root), "--runs", str(out), "--run", "demo",

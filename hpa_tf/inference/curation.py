@@ -24,8 +24,7 @@ from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import exact_neighbours, load_embeddings, matching_space
 from hpa_tf.inference.neighbors import NeighbourIndex
 from hpa_tf.inference.postprocess import apply_thresholds
-from hpa_tf.inference.predict import tta_probabilities
-from hpa_tf.inference.submission import InferenceError
+from hpa_tf.inference.predict import InferenceError, tta_probabilities
 from hpa_tf.labels import format_target, parse_target, targets_to_matrix
 
 EXTRACT_HINT = "python train_metric.py --extract test kaggle ext"

@@ -18,6 +18,22 @@ COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
 COMBINE_NUMPY = {"max": np.max, "mean": np.mean}
 
 
+class InferenceError(ValueError):
+    """A missing checkpoint, embedding or image file, or inputs that do not match."""
+
+
+def check_images(source: pipeline.Source, frame: pd.DataFrame, what: str) -> None:
+    """InferenceError naming the first Id of `frame` (`what`: e.g. "test image {} of sample_submission")
+    whose resize-cache images are missing, before any prediction starts."""
+    if source.tfrecords:
+        return
+    for image_id, paths in zip(frame["Id"], pipeline.cache_files(source, frame), strict=True):
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise InferenceError(f"{what.format(image_id)} has no image file {missing[0]}: run "
+                                 f"`python -m hpa_tf.data.prepare --data-dir {source.layout.root}`")
+
+
 def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
     """(classifier with the run's checkpoint, the run's config dict) of a train_classifier.py fold folder."""
     folder = Path(folder)

@@ -19,6 +19,8 @@ from hpa_tf.inference.neighbors import cached_index, match, replace_labels, thre
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import (
     COMBINE_NUMPY,
+    InferenceError,
+    check_images,
     duplicate_groups,
     group_mean,
     load_run_model,
@@ -27,10 +29,6 @@ from hpa_tf.inference.predict import (
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
 from hpa_tf.metrics import macro_f1
 from hpa_tf.training.metric import ensure_embeddings
-
-
-class InferenceError(ValueError):
-    """A missing checkpoint or embedding file, or inputs that do not match."""
 
 
 @dataclass
@@ -63,18 +61,6 @@ def class_counts(steps: list[tuple[str, list[str]]]) -> pd.DataFrame:
                         index=LABEL_NAMES)
 
 
-def check_images(source: pipeline.Source, test: pd.DataFrame) -> None:
-    """InferenceError naming the first test Id whose resize-cache images are missing."""
-    if source.tfrecords:
-        return
-    for image_id, paths in zip(test["Id"], pipeline.cache_files(source, test), strict=True):
-        missing = [p for p in paths if not Path(p).is_file()]
-        if missing:
-            raise InferenceError(f"test image {image_id} of sample_submission has no image file "
-                                 f"{missing[0]}: run `python -m hpa_tf.data.prepare --data-dir "
-                                 f"{source.layout.root}`")
-
-
 def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame
                            ) -> tuple[np.ndarray, np.ndarray]:
     """(fold mean of the TTA probabilities of every fold run, each saved as prob_test.npy beside it;
@@ -83,7 +69,7 @@ def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: 
     for folder in options.folds:
         model, config = load_run_model(folder)
         source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
-        check_images(source, test)
+        check_images(source, test, "test image {} of sample_submission")
         per_seed = seed_probabilities(model, source, test, config["crop_size"], options.seeds,
                                       options.combine, options.batch_size, options.views)
         probs = COMBINE_NUMPY[options.combine](per_seed, axis=0)

@@ -1,0 +1,192 @@
+"""The validation ensemble of spec 9.2-9.3: every trained fold predicts its own validation split with the
+test-time TTA, the folds' out-of-fold (OOF) predictions are concatenated, and the OOF set is scored with
+the 0.5 threshold and the ratio thresholds, each with and without the top-1 rule (spec 10.1-10.2, 11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpa_tf.atomic import write_csv_atomic
+from hpa_tf.data import pipeline
+from hpa_tf.data.layout import DataLayout
+from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, ratios
+from hpa_tf.inference.predict import InferenceError, check_images, load_run_model, tta_probabilities
+from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES
+from hpa_tf.metrics import f1_per_class
+
+RULES = ("0.5", "0.5 + top-1", "thresholds", "thresholds + top-1")
+WEIGHTS = "best.weights.h5"  # the checkpoint load_run_model reads by default
+MACRO_ROWS = {"macro_f1": "macro", "macro_f1_kaggle": "macro_kaggle"}  # summary column -> CSV row name
+
+
+def f1_column(rule: str) -> str:
+    """The per-class table's column holding the F1 of `rule`."""
+    return f"f1 {rule}"
+
+
+# ------------------------------------------------------------------------------------------ predictions
+
+def fold_config(folder: str | Path) -> dict:
+    """A fold folder's config.json, after checking that it and its checkpoint exist (fail before the
+    long part)."""
+    folder = Path(folder)
+    for path in (folder / "config.json", folder / WEIGHTS):
+        if not path.is_file():
+            raise InferenceError(f"{path} not found: train this fold first (python train_classifier.py)")
+    config = json.loads((folder / "config.json").read_text())
+    missing = [key for key in ("data_dir", "split", "fold", "img_size", "crop_size") if key not in config]
+    if missing:
+        raise InferenceError(f"{folder / 'config.json'} lacks {missing}: not a train_classifier.py fold "
+                             "folder")
+    return config
+
+
+def check_folds(folders: list[Path], configs: list[dict]) -> None:
+    """InferenceError unless the folds are distinct folds of one split of one dataset (OOF rows would
+    otherwise overlap or come from different images)."""
+    if not folders:
+        raise InferenceError("no trained fold to validate: train one first "
+                             "(python train_classifier.py --fold K)")
+    first, base = folders[0], configs[0]
+    root = Path(base["data_dir"]).resolve()
+    seen: dict[int, Path] = {}
+    for folder, config in zip(folders, configs, strict=True):
+        if Path(config["data_dir"]).resolve() != root or config["split"] != base["split"]:
+            raise InferenceError(f"{first} was trained on split {base['split']} of {base['data_dir']} but "
+                                 f"{folder} on split {config['split']} of {config['data_dir']}: "
+                                 "out-of-fold predictions need the folds of one split of one dataset")
+        fold = int(config["fold"])
+        if fold in seen:
+            raise InferenceError(f"{seen[fold]} and {folder} are both fold {fold} of split {base['split']}: "
+                                 "give each fold once")
+        seen[fold] = folder
+
+
+def out_of_fold(folds, seeds=(0, 1, 2, 3), views=None, combine: str = "max",
+                batch_size: int = 4) -> tuple[pd.DataFrame, np.ndarray]:
+    """(frame with Id, Target, External, fold; float32 probabilities [N, 28] in its row order): each fold
+    folder's TTA predictions of its own validation split, concatenated in the order given (spec 9.3)."""
+    from hpa_tf.training.classifier import split_frames  # training code, needed only here
+
+    folders = [Path(f) for f in folds]
+    configs = [fold_config(f) for f in folders]
+    check_folds(folders, configs)
+    jobs, owner = [], {}
+    for folder, config in zip(folders, configs, strict=True):  # every check before the long part
+        layout = DataLayout(config["data_dir"])
+        _, valid = split_frames(layout, config["split"], int(config["fold"]))
+        for image_id in valid["Id"]:
+            if image_id in owner:
+                raise InferenceError(f"validation image {image_id} is in the validation splits of both "
+                                     f"{owner[image_id]} and {folder}: prepare the splits again")
+            owner[image_id] = folder
+        source = pipeline.Source(layout, config["img_size"], "train", config.get("tfrecords", False))
+        check_images(source, valid, f"validation image {{}} of {folder}")
+        jobs.append((folder, config, source, valid))
+    frames, probs = [], []
+    for folder, config, source, valid in jobs:
+        model, _ = load_run_model(folder, WEIGHTS)
+        probs.append(tta_probabilities(model, source, valid, config["crop_size"], seeds=tuple(seeds),
+                                       combine=combine, batch_size=batch_size, views=views))
+        frames.append(valid[["Id", "Target", "External"]].assign(fold=int(config["fold"])))
+        print(f"{folder}: TTA probabilities of {len(valid)} validation images", flush=True)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame, np.concatenate(probs).astype(np.float32)
+
+
+def kaggle_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Boolean [N]: rows that are Kaggle train images (External false), the rows the original scored."""
+    return ~frame["External"].astype(str).str.lower().eq("true").to_numpy()
+
+
+# -------------------------------------------------------------------------------------------- scoring
+
+def rule_labels(probs: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Binary [N, 28] labels of every rule: p > 0.5 or p > fitted threshold, each without and with the
+    top-1 rule."""
+    half = np.full(NUM_CLASSES, 0.5)
+    return {"0.5": (probs > 0.5).astype(np.int8),
+            "0.5 + top-1": apply_thresholds(probs, half),
+            "thresholds": (probs > thresholds[None, :]).astype(np.int8),
+            "thresholds + top-1": apply_thresholds(probs, thresholds)}
+
+
+def validation_report(truth, probs, ratios, kaggle_mask=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary: rule, macro_f1 over all rows, macro_f1_kaggle over the kaggle_mask rows (NaN without any);
+    per_class: class, positives, f1 of each rule, threshold): thresholds fitted on these probabilities to
+    `ratios` (spec 10.1), F1 with sklearn's zero for empty classes (spec 11)."""
+    truth = np.asarray(truth).astype(np.int8)
+    probs = np.asarray(probs, dtype=np.float64)
+    ratios = np.asarray(ratios, dtype=np.float64).reshape(-1)
+    if truth.shape != probs.shape or truth.ndim != 2 or truth.shape[1] != NUM_CLASSES:
+        raise InferenceError(f"truth and probabilities must both be [N, {NUM_CLASSES}], got {truth.shape} "
+                             f"and {probs.shape}")
+    if ratios.shape != (NUM_CLASSES,):
+        raise InferenceError(f"expected {NUM_CLASSES} label ratios, got {ratios.shape[0]}")
+    mask = None if kaggle_mask is None else np.asarray(kaggle_mask, dtype=bool).reshape(-1)
+    if mask is not None and mask.shape != (len(truth),):
+        raise InferenceError(f"kaggle_mask has {mask.shape[0]} entries for {len(truth)} rows")
+    thresholds = fit_thresholds(probs, ratios)
+    labels = rule_labels(probs, thresholds)
+    per_class = pd.DataFrame({"class": LABEL_NAMES, "positives": truth.sum(axis=0).astype(int)})
+    summary = []
+    for rule, predicted in labels.items():
+        per_class[f1_column(rule)] = f1_per_class(truth, predicted)
+        kaggle = np.nan
+        if mask is not None and mask.any():
+            kaggle = f1_per_class(truth[mask], predicted[mask]).mean()
+        summary.append({"rule": rule, "macro_f1": per_class[f1_column(rule)].mean(),
+                        "macro_f1_kaggle": kaggle})
+    per_class["threshold"] = thresholds
+    return pd.DataFrame(summary), per_class
+
+
+# ------------------------------------------------------------------------------------------------ file
+
+def write_validation(summary: pd.DataFrame, per_class: pd.DataFrame, path: str | Path) -> Path:
+    """One CSV, written atomically: columns class, positives, threshold, then `f1 <rule>` for each rule
+    ("f1 0.5", "f1 0.5 + top-1", "f1 thresholds", "f1 thresholds + top-1"). Rows: the 28 classes by name
+    in index order, then "macro" (macro-F1 over all rows) and "macro_kaggle" (over the Kaggle train rows;
+    empty when not scored), with positives and threshold empty.
+    Read it back with `pd.read_csv(path, index_col="class")`: `.loc["macro"]`, `.iloc[:28]`."""
+    table = per_class[["class", "positives", "threshold"] + [f1_column(r) for r in RULES]].copy()
+    scores = summary.set_index("rule")
+    macro = []
+    for column, name in MACRO_ROWS.items():
+        row = {"class": name, "positives": np.nan, "threshold": np.nan}
+        row.update({f1_column(rule): scores.loc[rule, column] for rule in RULES})
+        macro.append(row)
+    table = pd.concat([table, pd.DataFrame(macro)], ignore_index=True)
+    table["positives"] = table["positives"].astype("Int64")
+    write_csv_atomic(table, path)
+    return Path(path)
+
+
+def read_validation(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, per_class) of a write_validation CSV, as validation_report returned them."""
+    table = pd.read_csv(path)
+    per_class = table.iloc[:NUM_CLASSES].reset_index(drop=True)
+    per_class = per_class[["class", "positives"] + [f1_column(r) for r in RULES] + ["threshold"]]
+    per_class = per_class.astype({"positives": int})
+    macro = table.iloc[NUM_CLASSES:].set_index("class")
+    summary = pd.DataFrame({"rule": list(RULES),
+                            **{column: [macro.loc[name, f1_column(r)] for r in RULES]
+                               for column, name in MACRO_ROWS.items()}})
+    return summary, per_class
+
+
+def validate(folds, ratio_source: str = "train", seeds=(0, 1, 2, 3), views=None, combine: str = "max",
+             batch_size: int = 4, path: str | Path = "validation.csv") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`infer.py --validate`: the folds' OOF predictions scored (ratios from `ratio_source` and the
+    dataset's train_meta.csv, spec 10.1) and written to `path`; returns (summary, per_class)."""
+    frame, probs = out_of_fold(folds, seeds, views, combine, batch_size)
+    layout = DataLayout(fold_config(folds[0])["data_dir"])
+    train = pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str, keep_default_na=False)
+    target = ratios(ratio_source, pipeline.frame_labels(train))
+    summary, per_class = validation_report(pipeline.frame_labels(frame), probs, target, kaggle_rows(frame))
+    write_validation(summary, per_class, path)
+    return summary, per_class
