@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.round(4).to_string(index=False))
             print(f"validation table written to {args.validation_csv}")
         if args.submission:
-            options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output),
-                                       seeds=seeds,
+            options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output), seeds=seeds,
                                        views=args.views, combine=args.tta, ratio_source=args.ratios,
                                        leak=not args.no_leak, metric_run=metric_run,
                                        match_threshold=args.match_threshold, batch_size=args.batch_size,
