@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.k < 1 or args.noise_neighbours < 1:
         print("error: --k and --noise-neighbours must be at least 1", file=sys.stderr)
         return 2
-    from hpa_tf.embeddings import EmbeddingFileError
+    from hpa_tf.errors import USER_ERRORS
     from hpa_tf.inference.submission import (
         InferenceError,
         InferenceOptions,
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             if metric_run is None:
                 raise InferenceError("--gallery and --noise-report need a metric run (--metric-run)")
             curate(args, folds, metric_run, data_dir)
-    except (InferenceError, EmbeddingFileError, FileNotFoundError, ValueError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

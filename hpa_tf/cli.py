@@ -49,14 +49,13 @@ def config_overrides(args: argparse.Namespace, skip=("profile", "quiet")) -> dic
 
 
 def run_or_exit(action) -> int:
-    """Run `action()`; a configuration or setup error prints one line and gives exit status 2."""
-    from hpa_tf.config import ConfigError
-    from hpa_tf.embeddings import EmbeddingFileError
-    from hpa_tf.training.loop import TrainingSetupError
+    """Run `action()`; a user-facing error (hpa_tf.errors) prints one `error:` line and gives exit status 2;
+    anything else is a bug and keeps its traceback."""
+    from hpa_tf.errors import USER_ERRORS
 
     try:
         action()
-    except (ConfigError, TrainingSetupError, EmbeddingFileError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

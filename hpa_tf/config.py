@@ -5,15 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from hpa_tf.errors import ConfigError
 from hpa_tf.training.schedules import SCHEDULES
 
 SPLITS = {"random_ext_folds5": "random_ext_folds5", "noleak_clean": "random_ext_noleak_clean_folds5"}
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-
-
-class ConfigError(ValueError):
-    """An unknown profile or setting, or settings that contradict each other."""
 
 
 @dataclass

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from hpa_tf.atomic import write_atomic
-
-
-class EmbeddingFileError(ValueError):
-    """An embedding file that is missing, malformed or inconsistent."""
+from hpa_tf.errors import EmbeddingFileError
 
 
 def save_embeddings(path: str | Path, feats: np.ndarray, ids) -> Path:
@@ -33,12 +31,23 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise EmbeddingFileError(f"embedding file {path} not found")
-    with np.load(path, allow_pickle=False) as data:
-        if "feats" not in data or "ids" not in data:
-            raise EmbeddingFileError(f"{path}: expected arrays 'feats' and 'ids', found {sorted(data.files)}")
-        feats, ids = data["feats"].astype(np.float32), data["ids"].astype(str)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "feats" not in data or "ids" not in data:
+                raise EmbeddingFileError(f"{path}: expected arrays 'feats' and 'ids', found "
+                                         f"{sorted(data.files)}")
+            feats, ids = data["feats"].astype(np.float32), data["ids"].astype(str)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # truncated or not an .npz
+        if isinstance(error, EmbeddingFileError):
+            raise
+        raise EmbeddingFileError(f"{path} is damaged ({type(error).__name__}: {error}): extract it again "
+                                 "(python train_metric.py --extract)") from error
     if feats.ndim != 2 or len(feats) != len(ids):
         raise EmbeddingFileError(f"{path}: feats {feats.shape} do not match {len(ids)} ids")
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad.size:  # one such row turns every standardised column into NaN and silently disables matching
+        raise EmbeddingFileError(f"{path}: row {bad[0]} (id {ids[bad[0]]}) and {bad.size - 1} more have "
+                                 "non-finite values (NaN or inf); extract the embeddings again")
     return feats, ids
 
 

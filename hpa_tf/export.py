@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.data.pipeline import dihedral
+from hpa_tf.errors import InferenceError
 from hpa_tf.inference.predict import combined_probabilities, view_indices
 from hpa_tf.labels import NUM_CLASSES
 
@@ -68,7 +69,7 @@ def export_classifier(models: list[keras.Model], thresholds, folder: str | Path,
     (default all 8) combined by `combine`, the fold mean, and labels at `thresholds` (top-1 rule)."""
     thresholds = np.asarray(thresholds, dtype=np.float32).reshape(-1)
     if thresholds.shape != (NUM_CLASSES,):
-        raise ValueError(f"expected {NUM_CLASSES} thresholds, got {thresholds.shape[0]}")
+        raise InferenceError(f"expected {NUM_CLASSES} thresholds, got {thresholds.shape[0]}")
     constant = tf.constant(thresholds)
     chosen = view_indices((0,), views)
 
@@ -117,7 +118,7 @@ def export_runs(folds: list[str | Path], serving: dict, metric_run: Path | None,
     runs = [load_run_model(folder) for folder in folds]
     crop_sizes = {config["crop_size"] for _, config in runs}
     if len(crop_sizes) != 1:
-        raise ValueError(f"the folds were trained at different crop sizes {sorted(crop_sizes)}: export "
+        raise InferenceError(f"the folds were trained at different crop sizes {sorted(crop_sizes)}: export "
                          "them separately (--folds)")
     written = [export_classifier([model for model, _ in runs], serving["thresholds"],
                                  next_version(out_dir / "classifier"), crop_sizes.pop(),

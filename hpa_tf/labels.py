@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from hpa_tf.errors import DataError
+
 LABEL_NAMES: list[str] = [
     "Nucleoplasm",
     "Nuclear membrane",
@@ -53,15 +55,15 @@ def parse_target(target: str) -> list[int]:
     Raises ValueError naming the offending token when it is not an integer in 0..27.
     """
     if not isinstance(target, str):
-        raise ValueError(f"Target must be a string of class ids, got {target!r}")
+        raise DataError(f"Target must be a string of class ids, got {target!r}")
     classes = set()
     for token in target.split():
         try:
             value = int(token)
         except ValueError:
-            raise ValueError(f"Target token {token!r} is not an integer class id (in {target!r})") from None
+            raise DataError(f"Target token {token!r} is not an integer class id (in {target!r})") from None
         if not 0 <= value < NUM_CLASSES:
-            raise ValueError(f"Target token {token!r} is outside 0..{NUM_CLASSES - 1} (in {target!r})")
+            raise DataError(f"Target token {token!r} is outside 0..{NUM_CLASSES - 1} (in {target!r})")
         classes.add(value)
     return sorted(classes)
 
@@ -71,7 +73,7 @@ def format_target(classes: Iterable[int]) -> str:
     values = sorted({int(c) for c in classes})
     for value in values:
         if not 0 <= value < NUM_CLASSES:
-            raise ValueError(f"class id {value} is outside 0..{NUM_CLASSES - 1}")
+            raise DataError(f"class id {value} is outside 0..{NUM_CLASSES - 1}")
     return " ".join(str(v) for v in values)
 
 

@@ -19,6 +19,27 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def adapted_backbone():
+    """name, large -> (the 3-channel keras.applications source with random weights (seed 0), its 4-channel
+    adaptation): each built once per session, as the big ones take seconds on 2 cores."""
+    import keras
+
+    from hpa_tf.models.backbones import adapt, source_model
+
+    sources, adapted = {}, {}
+
+    def get(name: str, large: bool = False):
+        if name not in sources:
+            keras.utils.set_random_seed(0)
+            sources[name] = source_model(name, weights=None)
+        if (name, large) not in adapted:
+            adapted[name, large] = adapt(sources[name], large=large, name=name)
+        return sources[name], adapted[name, large]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def prepared(tiny_dataset, tmp_path_factory):
     """(root, summary) of a prepared copy of the tiny dataset (the raw session dataset stays raw)."""
     root = tmp_path_factory.mktemp("prepared") / "tiny"

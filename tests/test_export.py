@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hpa_tf.export import export_classifier, export_embedder, labels_from, predict_request
+from hpa_tf.export import export_classifier, export_embedder, labels_from, next_version, predict_request
 from hpa_tf.inference.postprocess import apply_thresholds
 from hpa_tf.models import build_classifier, build_embedder
 
@@ -98,6 +98,7 @@ def test_classifier_ensemble_serves_whole_images_with_tta_and_fold_mean(exported
 
 def test_mean_combination_and_a_subset_of_views(exported, tmp_path):
     models, thresholds, _ = exported
+    models = models[:1]
     folder = export_classifier(models, thresholds, tmp_path / "mean", CROP, combine="mean",
                                views=["default", "flipud"])
     images = np.random.default_rng(4).random((2, CROP, CROP, 4)).astype(np.float32)
@@ -109,6 +110,13 @@ def test_mean_combination_and_a_subset_of_views(exported, tmp_path):
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_versions_count_up_from_the_highest(tmp_path):
+    assert next_version(tmp_path / "classifier") == tmp_path / "classifier" / "1"  # no folder yet
+    for name in ("1", "3", "assets", "10x"):
+        (tmp_path / "classifier" / name).mkdir(parents=True)
+    assert next_version(tmp_path / "classifier") == tmp_path / "classifier" / "4"
+
+
 def test_bad_batches_are_refused_through_the_signature(exported):
     """A loaded signature does not check shapes itself: the model says what is wrong."""
     signature = tf.saved_model.load(str(exported[2])).signatures["serving_default"]
@@ -118,17 +126,18 @@ def test_bad_batches_are_refused_through_the_signature(exported):
         signature(images=tf.zeros([0, 16, 16, 4]))
 
 
-def test_embedder_reloads_with_equal_outputs(tmp_path):
-    """At the run's image size the embedding is the model's; other sizes are resized to it first."""
+def test_embedder_serves_equal_outputs(tmp_path):
+    """At the run's image size the embedding is the model's; other sizes are resized to it first (the
+    TF-only reload in a fresh process is checked on the classifier)."""
     embedder = build_embedder("densenet_1_1_1_1", weights=None)
     folder = export_embedder(embedder, tmp_path / "embedder" / "1", img_size=64)
+    signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
     images = np.random.default_rng(2).random((2, 64, 64, 4)).astype(np.float32)
-    out = _reload(folder, images, tmp_path)
-    np.testing.assert_allclose(out["serving_default"]["embedding"], embedder.predict(images, verbose=0),
-                               rtol=1e-5, atol=1e-5)
-    assert np.asarray(out["serving_default"]["embedding"]).shape == (2, 512)
+    embedding = signature(images=tf.constant(images))["embedding"].numpy()
+    np.testing.assert_allclose(embedding, embedder.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    assert embedding.shape == (2, 512)
     larger = np.random.default_rng(5).random((1, 96, 96, 4)).astype(np.float32)
-    served = tf.saved_model.load(str(folder)).signatures["serving_default"](images=tf.constant(larger))
+    served = signature(images=tf.constant(larger))
     expected = embedder.predict(tf.image.resize(larger, [64, 64]).numpy(), verbose=0)
     np.testing.assert_allclose(served["embedding"].numpy(), expected, rtol=1e-4, atol=1e-4)
 

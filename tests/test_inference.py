@@ -13,6 +13,7 @@ from hpa_tf.config import classifier_config, metric_config
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
+from hpa_tf.errors import InferenceError
 from hpa_tf.inference.neighbors import NeighbourIndex, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import leak_replace
 from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
@@ -68,7 +69,7 @@ def test_scann_recall_against_exact_search_and_save_load(tmp_path):
     np.testing.assert_allclose(scores[found == truth], truth_scores[found == truth], atol=1e-4)
     loaded = NeighbourIndex.load(scann_index.save(tmp_path / "index"))
     np.testing.assert_array_equal(loaded.search(queries, k=1)[0], found)
-    with pytest.raises(FileNotFoundError, match="NeighbourIndex.save"):
+    with pytest.raises(InferenceError, match="NeighbourIndex.save"):
         NeighbourIndex.load(tmp_path)
 
 
@@ -167,7 +168,7 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     metric.mkdir()
     for name in ("config.json", "best.weights.h5"):
         shutil.copy(out / "metric_demo" / name, metric / name)
-    base = ["--submission", "--runs", str(out), "--metric-run", str(metric), "--quiet",
+    base = ["--submission", "--runs", str(out), "--folds", "0", "--metric-run", str(metric), "--quiet",
             "--output", str(tmp_path / "submission.csv")]
     assert infer.main(base) == 0
     printed = capsys.readouterr().out
@@ -262,19 +263,19 @@ def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
 
 def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tmp_path):
     """The exported ensemble on the test cache images gives the `thresholds` step of `--submission
-    --seeds 0` for every image outside a duplicate group; a second export becomes version 2."""
+    --seeds 0` for every image outside a duplicate group; an export beside one becomes version 2."""
     import tensorflow as tf
     from PIL import Image
 
     root, out = trained_runs
     output = tmp_path / "submission.csv"
     common = ["--runs", str(out), "--output", str(output), "--quiet"]
-    assert infer.main(["--submission", "--seeds", "0", "--metric-run", "none", *common]) == 0
+    assert infer.main(["--submission", "--seeds", "0", "--metric-run", "none", "--no-leak", *common]) == 0
     serving = tmp_path / "serving"
-    assert infer.main(["--export", str(serving), *common]) == 0
-    assert infer.main(["--export", str(serving), *common]) == 0
-    for name in ("classifier", "embedder"):
-        assert sorted(p.name for p in (serving / name).iterdir()) == ["1", "2"]
+    (serving / "classifier" / "1").mkdir(parents=True)
+    assert infer.main(["--export", str(serving), *common]) == 0  # the classifier and the embedder
+    assert sorted(p.name for p in (serving / "classifier").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (serving / "embedder").iterdir()) == ["1"]
     steps = pd.read_csv(output.with_suffix(".steps.csv"), dtype=str, keep_default_na=False)
     layout = DataLayout(root)
     paths = pipeline.cache_files(pipeline.Source(layout, 64, "test"), steps[["Id"]])
@@ -286,7 +287,9 @@ def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tm
     expected = targets_to_matrix(steps["thresholds"])
     np.testing.assert_array_equal(labels[alone], expected[alone])
     embedder = tf.saved_model.load(str(serving / "embedder" / "1")).signatures["serving_uint8"]
-    assert embedder(images=tf.constant(images[:2]))["embedding"].shape == (2, 512)
+    with np.load(out / "metric_demo" / "embeddings_test.npz") as extracted:  # the same images, same model
+        np.testing.assert_allclose(embedder(images=tf.constant(images[:2]))["embedding"].numpy(),
+                                   extracted["feats"][:2], rtol=1e-4, atol=1e-4)
 
 
 def _planted(root, kind: str, same_labels: str) -> pd.DataFrame:

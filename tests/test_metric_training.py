@@ -50,6 +50,27 @@ def test_bad_embedding_files_are_named(tmp_path):
         save_embeddings(tmp_path / "x.npz", np.zeros((3, 2)), ["a"])
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_name_the_file_and_the_first_bad_row(tmp_path, value):
+    """One NaN row would turn every standardised column into NaN and silently switch matching off."""
+    feats = np.ones((6, 4), np.float32)
+    feats[3, 2] = value
+    feats[5, 0] = value
+    path = save_embeddings(tmp_path / "embeddings_ext.npz", feats, list("abcdef"))
+    expected = r"embeddings_ext.npz: row 3 \(id d\) and 1 more have non-finite"
+    with pytest.raises(EmbeddingFileError, match=expected):
+        load_embeddings(path)
+
+
+def test_truncated_embedding_file_is_named(tmp_path):
+    path = save_embeddings(tmp_path / "embeddings_test.npz", np.ones((50, 8)), [str(i) for i in range(50)])
+    data = path.read_bytes()
+    for size in (len(data) // 2, 10, 0):
+        path.write_bytes(data[:size])
+        with pytest.raises(EmbeddingFileError, match=r"embeddings_test.npz is damaged"):
+            load_embeddings(path)
+
+
 def test_standardisation_matches_sklearn_scale_and_neighbours_match_brute_force():
     rng = np.random.default_rng(1)
     feats = rng.normal(3.0, 2.0, size=(40, 6))

@@ -26,12 +26,10 @@ STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "resnet50": "conv1
              "inceptionv3": "conv2d"}
 
 
-@pytest.fixture(scope="module", params=list(FAMILY_PREPROCESS))
-def adapted(request):
+@pytest.fixture(params=list(FAMILY_PREPROCESS))
+def adapted(request, adapted_backbone):
     """(name, 3-channel source with random weights, its 4-channel adaptation)."""
-    keras.utils.set_random_seed(0)
-    source = source_model(request.param, weights=None)
-    return request.param, source, adapt(source, name=request.param)
+    return request.param, *adapted_backbone(request.param)
 
 
 def test_adapter_on_torch_input_equals_the_source_on_its_own_preprocessing(adapted):

@@ -191,6 +191,7 @@ def _edit_csv(path: Path, edit) -> None:
     (lambda f: pd.concat([f, f.iloc[[3]]]), "line 122: duplicate Id"),
     (lambda f: f.assign(Target=f["Target"].where(f.index != 6, "3 28")), "line 8: .*'28'"),
     (lambda f: f.assign(Target=f["Target"].where(f.index != 0, "x")), "line 2: .*'x'"),
+    (lambda f: f.assign(Target=f["Target"].where(f.index != 4, " ")), "line 6: empty Target for Id"),
     (lambda f: f.assign(Id=f["Id"].where(f.index != 9, "../etc/passwd")), "line 11: invalid image Id"),
     (lambda f: f.drop(columns="Target"), r"missing column\(s\) \['Target'\]"),
 ])

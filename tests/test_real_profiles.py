@@ -8,15 +8,14 @@ from __future__ import annotations
 import pytest
 
 from hpa_tf.config import classifier_config, metric_config
-from hpa_tf.models.backbones import backbone
 
 
-@pytest.fixture(scope="module")
-def backbones():
-    """The three backbones of the real profiles, random weights (built once, ~10 s on 2 cores)."""
-    return {"densenet121": backbone("densenet121", weights=None),
-            "densenet121_large": backbone("densenet121", weights=None, large=True),
-            "resnet50": backbone("resnet50", weights=None)}
+@pytest.fixture
+def backbones(adapted_backbone):
+    """The three backbones of the real profiles, random weights (shared with test_models)."""
+    return {"densenet121": adapted_backbone("densenet121")[1],
+            "densenet121_large": adapted_backbone("densenet121", large=True)[1],
+            "resnet50": adapted_backbone("resnet50")[1]}
 
 
 @pytest.mark.parametrize("profile, key, side, expected", [

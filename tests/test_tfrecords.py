@@ -22,6 +22,7 @@ from hpa_tf.data.tfrecords import (
     tfrecord_dir,
     write_tfrecords,
 )
+from hpa_tf.errors import DataError
 
 SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
 SMALL_SHARD = 100_000  # 6 images of 64 x 64 x 4 bytes per shard
@@ -164,6 +165,6 @@ def test_bad_input_is_refused(root):
 def test_missing_tfrecords_name_the_path_and_the_flag(root, tmp_path):
     for layout, size in ((DataLayout(tmp_path), SIZE), (DataLayout(root), SIZE * 2)):
         for reader in (read_index, shard_paths):
-            with pytest.raises(FileNotFoundError, match="--tfrecords") as error:
+            with pytest.raises(DataError, match="--tfrecords") as error:
                 reader(layout, "train", size)
             assert str(tfrecord_dir(layout, "train", size)) in str(error.value)

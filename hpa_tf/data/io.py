@@ -17,6 +17,7 @@ import tifffile
 from PIL import Image
 
 from hpa_tf.data.layout import COLORS, SPLITS, DataLayout, validate_id
+from hpa_tf.errors import DataError
 
 PathLike = str | os.PathLike
 
@@ -44,7 +45,7 @@ _DECODE_ERRORS = (
 )
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """An image file is missing, unreadable or not what the reader expects; the message names it."""
 
 

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpa_tf.errors import DataError
+
 COLORS = ("red", "green", "blue", "yellow")  # channel order R, G, B, Y everywhere
 SPLITS = ("train", "test")  # Kaggle image folders
 
@@ -18,7 +20,7 @@ def validate_id(image_id: str) -> str:
     Raises ValueError naming the Id otherwise (path separators, '..', spaces, empty).
     """
     if not isinstance(image_id, str) or not _ID_PATTERN.match(image_id):
-        raise ValueError(
+        raise DataError(
             f"invalid image Id {image_id!r}: only letters, digits, '-' and '_' are allowed"
         )
     return image_id

@@ -30,6 +30,7 @@ from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import COLORS, DataLayout, validate_id
 from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
+from hpa_tf.errors import USER_ERRORS, DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
 from hpa_tf.parallel import imap
 
@@ -38,7 +39,7 @@ FOLD_SEED = 100  # random_state of every split in the reference (spec 3)
 _FEATURES = ["hash_r", "hash_g", "hash_b"] + [f"{s}_{c}" for s in ("mean", "std") for c in "rgby"]
 
 
-class PrepareError(ValueError):
+class PrepareError(DataError):
     """Bad input data: the message names the file or CSV row."""
 
 
@@ -77,7 +78,8 @@ def read_raw_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if "Target" in columns:
         for row, target in enumerate(frame["Target"], start=2):
             try:
-                parse_target(target)
+                if not parse_target(target):  # it would train as "no label", which no HPA image has
+                    raise PrepareError(f"empty Target for Id {frame['Id'].iloc[row - 2]!r}")
             except ValueError as error:
                 raise PrepareError(f"{path}, line {row}: {error}") from None
     return frame[columns]
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords)
-    except ValueError as error:  # PrepareError, ImageReadError and input checks of the split functions
+    except USER_ERRORS as error:  # PrepareError, ImageReadError, the split functions' DataError, OS errors
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"prepared {args.data_dir} in {time.perf_counter() - start:.1f} s")

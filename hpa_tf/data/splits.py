@@ -21,6 +21,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import train_test_split
 
+from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
 
 ID = "Id"
@@ -48,10 +49,10 @@ _MAX_LISTED = 10  # ids named in an error message
 def _require(df: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
     """Raise ValueError naming the table and its missing columns, so a wrong CSV fails at the start."""
     if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+        raise DataError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{name} is missing required columns: {missing}")
+        raise DataError(f"{name} is missing required columns: {missing}")
 
 
 def _listed(values: Iterable) -> str:
@@ -65,7 +66,7 @@ def _require_unique_ids(df: pd.DataFrame, name: str) -> None:
     """Raise ValueError naming duplicated Ids: a split must hold each image once."""
     dup = df[ID][df[ID].duplicated()].unique()
     if len(dup):
-        raise ValueError(f"{name} has duplicated Ids ({_listed(dup)})")
+        raise DataError(f"{name} has duplicated Ids ({_listed(dup)})")
 
 
 def _check_meta(df: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
@@ -76,7 +77,7 @@ def _check_meta(df: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
     onehot = df[LABEL_NAMES].to_numpy(dtype=np.float32)
     bad = np.flatnonzero((expected != onehot).any(axis=1))
     if len(bad):
-        raise ValueError(f"{name}: the one-hot label columns disagree with Target for Ids "
+        raise DataError(f"{name}: the one-hot label columns disagree with Target for Ids "
                          f"({_listed(df[ID].iloc[bad])})")
 
 
@@ -148,7 +149,7 @@ def _tagged_matches(
                                    (MATCH_EXTRA, external_targets, "external_meta")):
         unknown = matches.loc[~matches[column].isin(targets.index), column].unique()
         if len(unknown):
-            raise ValueError(f"train_match_external column {column!r} has Ids not in {table} "
+            raise DataError(f"train_match_external column {column!r} has Ids not in {table} "
                              f"({_listed(unknown)})")
     train_target = matches[MATCH_TRAIN].map(kaggle_targets)
     extra_target = matches[MATCH_EXTRA].map(external_targets)
@@ -221,7 +222,7 @@ def _antibody_of(external_ids: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(prefix, errors="coerce")
     bad = external_ids[numbers.isna() | (numbers != numbers.round())].unique()
     if len(bad):
-        raise ValueError(f"train_match_external column 'Extra' has Ids without an integer antibody prefix "
+        raise DataError(f"train_match_external column 'Extra' has Ids without an integer antibody prefix "
                          f"({_listed(bad)})")
     return numbers.astype(np.int64)
 
@@ -253,7 +254,7 @@ def antibody_split_tr(
     by_antibody = train_split.drop_duplicates(ANTIBODY).set_index(ANTIBODY)
     missing = matches.loc[~matches[ANTIBODY].isin(by_antibody.index), MATCH_EXTRA].unique()
     if len(missing):
-        raise ValueError(f"train_match_external has HPAv18 Ids whose antibody has no image in train_split "
+        raise DataError(f"train_match_external has HPAv18 Ids whose antibody has no image in train_split "
                          f"({_listed(missing)})")
     first_pairs = matches.drop_duplicates(MATCH_TRAIN)
     kaggle_rows = pd.DataFrame({
@@ -304,7 +305,7 @@ def correct_external_labels(antibody_split_all: pd.DataFrame, train_extra: pd.Da
                           TARGET: train_extra[TARGET].to_numpy()}).drop_duplicates()
     conflicting = extra.loc[extra[ID].duplicated(), ID].unique()
     if len(conflicting):
-        raise ValueError(f"train_extra gives different Targets for the same Id ({_listed(conflicting)})")
+        raise DataError(f"train_extra gives different Targets for the same Id ({_listed(conflicting)})")
     new_targets = antibody_split_all[ID].map(extra.set_index(ID)[TARGET])
     out = antibody_split_all.reset_index(drop=True).copy()
     out[TARGET] = [_corrected_target(old, new) for old, new in zip(out[TARGET], new_targets, strict=True)]

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from hpa_tf.atomic import write_atomic, write_csv_atomic
 from hpa_tf.data.layout import DataLayout, validate_id
 from hpa_tf.data.resize import read_cached_rgby
+from hpa_tf.errors import DataError
 from hpa_tf.parallel import imap
 
 GROUPS = {"train": ("kaggle", "train"), "test": ("kaggle", "test"), "external": ("external", "train")}
@@ -71,7 +72,7 @@ def shard_name(i: int, n: int) -> str:
 def _index_path(layout: DataLayout, group: str, size: int) -> Path:
     index = tfrecord_dir(layout, group, size) / "index.csv"
     if not index.is_file():
-        raise FileNotFoundError(f"no finished TFRecords at {index.parent} (missing {index}); run "
+        raise DataError(f"no finished TFRecords at {index.parent} (missing {index}); run "
                                 f"`python -m hpa_tf.data.prepare --tfrecords` first")
     return index
 

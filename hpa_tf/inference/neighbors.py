@@ -14,6 +14,7 @@ import numpy as np
 
 from hpa_tf.atomic import write_json_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
+from hpa_tf.errors import InferenceError
 
 # Reference sets smaller than this are searched exactly: brute force is fast there, and the tree's default
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
@@ -81,7 +82,7 @@ class NeighbourIndex:
         folder = Path(folder)
         info_path = folder / INDEX_INFO
         if not info_path.is_file():
-            raise FileNotFoundError(f"{info_path} not found: not a folder written by NeighbourIndex.save")
+            raise InferenceError(f"{info_path} not found: not a folder written by NeighbourIndex.save")
         info = json.loads(info_path.read_text())
         references = np.load(folder / "references.npy", allow_pickle=False)
         if not info["scann"]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpa_tf.errors import ConfigError
 from hpa_tf.labels import NUM_CLASSES
 
 # The public-LB-probed label ratios of spec 10.1 (Kaggle discussion 68678); 0.01 marks the 7 rare
@@ -32,12 +33,12 @@ def ratios(source: str, train_labels: np.ndarray) -> np.ndarray:
         return (train + lb) / 2
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"ratios must be train, lb, mean or a file of {NUM_CLASSES} numbers; "
+        raise ConfigError(f"ratios must be train, lb, mean or a file of {NUM_CLASSES} numbers; "
                          f"{path} not found")
     values = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=1)
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.shape != (NUM_CLASSES,) or not ((values >= 0) & (values <= 1)).all():
-        raise ValueError(f"{path}: expected {NUM_CLASSES} ratios in [0, 1], got {values.shape[0]} values")
+        raise ConfigError(f"{path}: expected {NUM_CLASSES} ratios in [0, 1], got {values.shape[0]} values")
     return values
 
 

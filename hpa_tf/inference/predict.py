@@ -12,14 +12,11 @@ import tensorflow as tf
 
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
+from hpa_tf.errors import InferenceError
 from hpa_tf.models.classifier import build_classifier, load_stats
 
 COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
 COMBINE_NUMPY = {"max": np.max, "mean": np.mean}
-
-
-class InferenceError(ValueError):
-    """A missing checkpoint, embedding or image file, or inputs that do not match."""
 
 
 def check_images(source: pipeline.Source, frame: pd.DataFrame, what: str) -> None:
@@ -40,7 +37,7 @@ def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
     checkpoint, config_path = folder / weights, folder / "config.json"
     for path in (config_path, checkpoint):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: train this fold first (python train_classifier.py)")
+            raise InferenceError(f"{path} not found: train this fold first (python train_classifier.py)")
     config = json.loads(config_path.read_text())
     stats = DataLayout(config["data_dir"]).meta_dir / "stats.json"
     mean, std = load_stats(stats if stats.is_file() else None)
@@ -56,14 +53,14 @@ def view_indices(seeds, views: list[str] | None = None) -> list[int]:
     views = list(views or names)
     unknown = [v for v in views if v not in names]
     if unknown:
-        raise ValueError(f"unknown TTA views {unknown}; choose from {names}")
+        raise InferenceError(f"unknown TTA views {unknown}; choose from {names}")
     return [8 * s + names.index(v) for s in range(len(seeds)) for v in views]
 
 
 def check_combine(combine: str) -> None:
     """ValueError unless `combine` names a TTA combination (max, mean)."""
     if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
+        raise InferenceError(f"combine must be one of {sorted(COMBINE)}, got {combine!r}")
 
 
 def combined_probabilities(model, views: tf.Tensor, combine: str = "max") -> tf.Tensor:

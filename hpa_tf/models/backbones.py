@@ -22,6 +22,8 @@ import types
 import keras
 import numpy as np
 
+from hpa_tf.errors import ModelError
+
 # The layer after which "large" inserts its extra pool: the stem's max-pool of each known family.
 STEM_POOL = {"densenet": "pool1", "resnet": "pool1_pool"}
 _MINI_DENSENET = re.compile(r"densenet_(\d+)_(\d+)_(\d+)_(\d+)$")
@@ -32,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CONVENTION_LAYER = "input_convention"
 
 
-class BackboneError(ValueError):
+class BackboneError(ModelError):
     """An unknown backbone name or an option the backbone does not support."""
 
 
@@ -42,22 +44,30 @@ def application_names() -> dict[str, callable]:
             if callable(fn) and name[:1].isupper()}
 
 
-def source_model(name: str, weights: str | None = None) -> keras.Model:
-    """The 3-channel headless model as Keras builds it (any input size). `densenet_a_b_c_d` is Keras'
-    generic DenseNet with those block counts (random weights only): the small demo backbone."""
-    mini = _MINI_DENSENET.match(name)
-    if mini:
+def check_backbone(name: str, weights: str | None = None) -> None:
+    """BackboneError unless `name` is a keras.applications model or densenet_A_B_C_D (random weights
+    only): checked before any data work."""
+    if _MINI_DENSENET.match(name):
         if weights is not None:
-            raise BackboneError(f"{name} has no pretrained weights; use weights=None")
-        from keras.src.applications.densenet import DenseNet  # the generic builder is not exported
-
-        return DenseNet([int(b) for b in mini.groups()], include_top=False, weights=None,
-                        input_shape=(None, None, 3), name=name)
+            raise BackboneError(f"{name} has no pretrained weights; use weights=None (--weights none)")
+        return
     apps = application_names()
     if name not in apps:
         raise BackboneError(f"unknown backbone {name!r}; use densenet_A_B_C_D or one of: "
                             + ", ".join(sorted(apps)))
-    return apps[name](include_top=False, weights=weights, input_shape=(None, None, 3))
+
+
+def source_model(name: str, weights: str | None = None) -> keras.Model:
+    """The 3-channel headless model as Keras builds it (any input size). `densenet_a_b_c_d` is Keras'
+    generic DenseNet with those block counts (random weights only): the small demo backbone."""
+    check_backbone(name, weights)
+    mini = _MINI_DENSENET.match(name)
+    if mini:
+        from keras.src.applications.densenet import DenseNet  # the generic builder is not exported
+
+        return DenseNet([int(b) for b in mini.groups()], include_top=False, weights=None,
+                        input_shape=(None, None, 3), name=name)
+    return application_names()[name](include_top=False, weights=weights, input_shape=(None, None, 3))
 
 
 def preprocess_function(name: str):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 
+from hpa_tf.errors import DataError
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import TORCH_BN_MOMENTUM, backbone
 
@@ -25,7 +26,7 @@ def load_stats(path: str | Path | None) -> tuple[tuple[float, ...], tuple[float,
     stats = json.loads(Path(path).read_text())
     mean, std = tuple(float(v) for v in stats["mean"]), tuple(float(v) for v in stats["std"])
     if len(mean) != 4 or len(std) != 4 or min(std) <= 0:
-        raise ValueError(f"{path}: expected 4 means and 4 positive stds (R, G, B, Y), got {stats}")
+        raise DataError(f"{path}: expected 4 means and 4 positive stds (R, G, B, Y), got {stats}")
     return mean, std
 
 

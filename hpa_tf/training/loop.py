@@ -17,15 +17,13 @@ from hpa_tf.atomic import write_json_atomic
 from hpa_tf.config import PRECISIONS, RunConfig
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
+from hpa_tf.errors import TrainingSetupError
+from hpa_tf.models.backbones import check_backbone
 from hpa_tf.training.callbacks import BEST_STATE, BEST_WEIGHTS, EpochCheckpoints
 from hpa_tf.training.schedules import learning_rate
 from hpa_tf.viz import training_curves
 
 ADAM_EPSILON = 1e-8  # PyTorch's default (Keras' is 1e-7), spec 8.1
-
-
-class TrainingSetupError(ValueError):
-    """Missing prepared data or an impossible setting, found before training starts."""
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -101,6 +99,7 @@ def start_session(config: RunConfig, progress: bool = True) -> Session:
     """Validate the config, set precision and seeds, make the strategy and find the prepared data (the
     synthetic demo is generated and prepared when no data_dir is given)."""
     config.validate()
+    check_backbone(config.backbone, config.weights)
     keras.config.set_dtype_policy(PRECISIONS[config.precision])
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)

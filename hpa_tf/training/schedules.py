@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from hpa_tf.errors import ConfigError
+
 # (last epoch, learning rate) steps; the last step's lr holds for any later epoch.
 SCHEDULES: dict[str, tuple[tuple[int, float], ...]] = {
     "Adam55": ((25, 3e-4), (35, 1.5e-4), (45, 7.5e-5), (50, 3e-5), (55, 1e-5)),
@@ -15,7 +17,7 @@ SCHEDULES: dict[str, tuple[tuple[int, float], ...]] = {
 def schedule_epochs(schedule: str) -> int:
     """The number of epochs the schedule was written for (55, 45, 50)."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule][-1][0]
 
 
