@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -54,3 +55,13 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> bool:
 def write_json_atomic(payload: dict, path: str | Path) -> bool:
     """dict -> pretty JSON, atomically and only when the content changed; True if written."""
     return write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_npy_atomic(array, path: str | Path) -> Path:
+    """numpy.save to path, atomically (np.save would add .npy to a temporary name without it)."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+
+    return write_atomic(path, write)

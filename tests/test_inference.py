@@ -143,7 +143,8 @@ def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
     assert [parse_target(t) for t in leaked] == [parse_target(t) for t in leak["Target"]]
     # the fold mean: outside duplicate groups each row is the mean of the two folds' probabilities
     probs = np.load(output.with_suffix(".prob.npy"))
-    folds = [np.load(out / "demo" / f"fold{k}" / "prob_test.npy") for k in (0, 1)]
+    folds = [np.load(output.with_suffix(f".fold{k}.prob.npy")) for k in (0, 1)]
+    assert not list((out / "demo").rglob("prob_test.npy"))  # the run folders are only read
     alone = _outside_duplicate_groups(root, steps["Id"].tolist())
     assert np.abs(folds[0] - folds[1]).max() > 1e-3  # two different models
     np.testing.assert_allclose(probs[alone], np.mean(folds, axis=0)[alone], rtol=1e-6)
@@ -187,9 +188,18 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     assert f"saved to {metric / 'index_ext'}" in capsys.readouterr().out
 
 
-def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(trained_runs, tmp_path, capsys):
+OUTPUT_SUFFIXES = (".csv", ".steps.csv", ".prob.npy", ".prob_ids.csv", ".thresholds.npy", ".serving.json",
+                   ".fold0.prob.npy", ".fold1.prob.npy")
+
+
+def test_infer_refuses_missing_or_mismatched_embeddings_and_changes_no_output(trained_runs, tmp_path, capsys):
+    """Failing runs, one of them only after the long TTA part, leave every output of a previous run as it
+    was (planted here): all outputs are written at the end."""
     root, out = trained_runs
     output = tmp_path / "submission.csv"
+    earlier = {output.with_suffix(suffix): f"earlier {suffix}".encode() for suffix in OUTPUT_SUFFIXES}
+    for path, data in earlier.items():
+        path.write_bytes(data)
     base = ["--submission", "--data-dir", str(root), "--runs", str(out), "--run", "demo", "--seeds", "0",
             "--output", str(output)]
     assert infer.main([*base, "--metric-run", str(tmp_path)]) == 2
@@ -201,7 +211,8 @@ def test_infer_refuses_missing_or_mismatched_embeddings_and_writes_nothing(train
     assert "not the test Ids" in capsys.readouterr().err
     assert infer.main([*base, "--run", "nothing"]) == 2
     assert "no trained fold" in capsys.readouterr().err
-    assert not output.exists()
+    assert {path: path.read_bytes() for path in earlier} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(p.name for p in earlier)
 
 
 def test_infer_validate_scores_the_out_of_fold_predictions(trained_runs, tmp_path, capsys):
@@ -258,6 +269,15 @@ def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
             "--metric-run", "none", "--output", str(output)]
     assert infer.main(args) == 2
     assert f"test image {lost}" in capsys.readouterr().err
+    assert not output.exists()
+    # a cache PNG cut short: TF's decoder names no file, the error does
+    shutil.copytree(root / "test", copy / "test", dirs_exist_ok=True)
+    damaged = pipeline.cache_files(pipeline.Source(DataLayout(copy), 64, "test"), sample.iloc[[21]])[0][2]
+    data = open(damaged, "rb").read()
+    open(damaged, "wb").write(data[:len(data) // 2])
+    assert infer.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and damaged in err
     assert not output.exists()
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from hpa_tf.data.io import ImageReadError, read_gray
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.data.resize import cache_paths
+from hpa_tf.errors import DataError
 from hpa_tf.labels import targets_to_matrix
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -81,6 +83,24 @@ def _decode_gray(path: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.strings.regex_full_match(path, r".*\.jpe?g"),
                    lambda: tf.io.decode_jpeg(data, channels=1, dct_method="INTEGER_ACCURATE"),
                    lambda: tf.io.decode_png(data, channels=1))
+
+
+def unreadable_image(source: Source, frame: pd.DataFrame, error: tf.errors.OpError, start: int = 0
+                     ) -> DataError:
+    """The project error for a TF read failure of a frame's images: the first cache file from row `start`
+    on that does not decode as an 8-bit grayscale image (TF's own message names no file), or the wrong-size
+    file read_image's assertion names; `error` itself when neither explains it (then it is a bug)."""
+    if "cache image is not" in error.message:
+        return DataError(error.message.split("\n")[0])
+    if not source.tfrecords:
+        for row in cache_files(source, frame.iloc[start:]):
+            for path in row:
+                try:
+                    read_gray(path)
+                except ImageReadError as bad:
+                    return DataError(f"{bad}: run `python -m hpa_tf.data.prepare --data-dir "
+                                     f"{source.layout.root}` to redo it")
+    raise error
 
 
 def frame_labels(frame: pd.DataFrame) -> np.ndarray:

@@ -85,9 +85,14 @@ def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop
         model, tf.reshape(tf.gather(all_views, chosen, axis=1),
                           [-1, per_seed, crop_size, crop_size, 4]), combine))
     out = np.zeros((len(seeds), len(frame), 28), np.float32)
-    for all_views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
-        probs = forward(all_views).numpy().reshape(-1, len(seeds), 28)  # images x seeds, seed-minor
-        out[:, index.numpy()] = probs.transpose(1, 0, 2)
+    done = 0  # rows so far, in frame order: a read error lies at or after them
+    try:
+        for all_views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
+            probs = forward(all_views).numpy().reshape(-1, len(seeds), 28)  # images x seeds, seed-minor
+            out[:, index.numpy()] = probs.transpose(1, 0, 2)
+            done += len(index)
+    except tf.errors.InvalidArgumentError as error:
+        raise pipeline.unreadable_image(source, frame, error, done) from None
     return out
 
 

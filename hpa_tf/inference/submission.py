@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import write_csv_atomic, write_json_atomic
+from hpa_tf.atomic import save_npy_atomic, write_csv_atomic, write_json_atomic
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
@@ -62,9 +62,9 @@ def class_counts(steps: list[tuple[str, list[str]]]) -> pd.DataFrame:
 
 
 def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(fold mean of the TTA probabilities of every fold run, each saved as prob_test.npy beside it;
-    fold mean of the seed-0 views alone: what the exported SavedModel computes)."""
+                           ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the TTA probabilities of every fold run; the fold mean of the seed-0 views alone: what the
+    exported SavedModel computes)."""
     fold_probs, fold_whole = [], []
     for folder in options.folds:
         model, config = load_run_model(folder)
@@ -72,14 +72,12 @@ def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: 
         check_images(source, test, "test image {} of sample_submission")
         per_seed = seed_probabilities(model, source, test, config["crop_size"], options.seeds,
                                       options.combine, options.batch_size, options.views)
-        probs = COMBINE_NUMPY[options.combine](per_seed, axis=0)
-        np.save(Path(folder) / "prob_test.npy", probs)
-        fold_probs.append(probs)
+        fold_probs.append(COMBINE_NUMPY[options.combine](per_seed, axis=0))
         fold_whole.append(per_seed[list(options.seeds).index(0)] if 0 in options.seeds else
                           seed_probabilities(model, source, test, config["crop_size"], (0,), options.combine,
                                              options.batch_size, options.views)[0])
         print(f"{folder}: TTA probabilities of {len(test)} test images", flush=True)
-    return np.mean(fold_probs, axis=0), np.mean(fold_whole, axis=0)
+    return fold_probs, np.mean(fold_whole, axis=0)
 
 
 def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[str], targets: list[str]):
@@ -128,30 +126,33 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
     ids = test["Id"].tolist()
     if options.metric_run is not None:  # before the long part: fails early, or extracts what is missing
         ensure_embeddings(options.metric_run, ["test", "ext"], progress=options.progress)
-    probs, whole = ensemble_probabilities(options, layout, test)
+    fold_probs, whole = ensemble_probabilities(options, layout, test)
     groups = duplicate_groups(ids, pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str))
-    probs, whole = group_mean(probs, groups), group_mean(whole, groups)
-    np.save(Path(options.output).with_suffix(".prob.npy"), probs)  # rows: the Ids of sample_submission
-    write_csv_atomic(test, Path(options.output).with_suffix(".prob_ids.csv"))
+    probs, whole = group_mean(np.mean(fold_probs, axis=0), groups), group_mean(whole, groups)
     train_labels = targets_to_matrix(pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str,
                                                  keep_default_na=False)["Target"])
     target_ratios = ratios(options.ratio_source, train_labels)
     steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
     thresholds = fit_thresholds(probs, target_ratios)
-    np.save(Path(options.output).with_suffix(".thresholds.npy"), thresholds)
     served = fit_thresholds(whole, target_ratios)  # what the exported model's labels use
-    write_json_atomic({"thresholds": served.tolist(), "combine": options.combine, "views": options.views,
-                       "ratios": options.ratio_source, "fitted": True}, serving_path(options.output))
     steps.append(("thresholds", multihot_targets(apply_thresholds(probs, thresholds))))
     if options.leak:
         leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
         steps.append(("leak", leak_replace(ids, steps[-1][1], leak)[0]))
     if options.metric_run is not None:
         steps.append(("neighbours", neighbour_targets(options, layout, ids, steps[-1][1])[0]))
-    write_submission(options.output, ids, steps[-1][1])
-    write_csv_atomic(pd.DataFrame({"Id": ids, **{name: [format_target(parse_target(t)) for t in targets]
-                                                 for name, targets in steps}}),
-                     Path(options.output).with_suffix(".steps.csv"))
+    # Every output at the end, each atomically: a failed step above leaves the previous run's files.
+    output = Path(options.output)
+    for folder, fold in zip(options.folds, fold_probs, strict=True):
+        save_npy_atomic(fold, output.with_suffix(f".{Path(folder).name}.prob.npy"))
+    save_npy_atomic(probs, output.with_suffix(".prob.npy"))  # rows: the Ids of sample_submission
+    write_csv_atomic(test, output.with_suffix(".prob_ids.csv"))
+    save_npy_atomic(thresholds, output.with_suffix(".thresholds.npy"))
+    write_json_atomic({"thresholds": served.tolist(), "combine": options.combine, "views": options.views,
+                       "ratios": options.ratio_source, "fitted": True}, serving_path(output))
+    labels_per_step = {name: [format_target(parse_target(t)) for t in targets] for name, targets in steps}
+    write_csv_atomic(pd.DataFrame({"Id": ids, **labels_per_step}), output.with_suffix(".steps.csv"))
+    write_submission(output, ids, steps[-1][1])  # last: its presence means the others are this run's
     scores = {}
     if layout.test_truth_csv.is_file():
         truth = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False).set_index("Id")
