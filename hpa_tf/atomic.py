@@ -65,3 +65,12 @@ def save_npy_atomic(array, path: str | Path) -> Path:
             np.save(handle, array)
 
     return write_atomic(path, write)
+
+
+def remove_temporaries(folder: str | Path, stem: str) -> list[Path]:
+    """Delete the temporary files that write_atomic left in `folder` for outputs named `stem`... when a
+    process was killed mid-write (its cleanup never ran); returns what was removed."""
+    stray = [path for path in Path(folder).glob(f".{stem}.*") if ".tmp" in path.name and path.is_file()]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray

@@ -46,3 +46,22 @@ def prepared(tiny_dataset, tmp_path_factory):
     shutil.copytree(tiny_dataset, root)
     summary = prepare.prepare(root, workers=1, progress=False, log=lambda *_: None)
     return root, summary
+
+
+@pytest.fixture(scope="session")
+def trained_runs(prepared, tmp_path_factory):
+    """(data root, runs root): two 1-epoch classifier folds and a 1-epoch metric run on the prepared
+    `tiny`, with every set's embeddings."""
+    from hpa_tf.config import classifier_config, metric_config
+    from hpa_tf.training.classifier import train_classifier
+    from hpa_tf.training.metric import extract, train_metric
+
+    root, _ = prepared
+    out = tmp_path_factory.mktemp("runs")
+    common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
+    for fold in (0, 1):
+        train_classifier(classifier_config("demo", crop_size=32, fold=fold, **common), progress=False)
+    metric = metric_config("demo", nn_every=0, **common)
+    train_metric(metric, progress=False)
+    extract(metric, ["test", "kaggle", "ext", "val", "train"], progress=False)
+    return root, out

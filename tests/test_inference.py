@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 import infer
-from hpa_tf.config import classifier_config, metric_config
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
@@ -19,8 +18,6 @@ from hpa_tf.inference.postprocess import leak_replace
 from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
 from hpa_tf.inference.submission import write_submission
 from hpa_tf.labels import parse_target, targets_to_matrix
-from hpa_tf.training.classifier import train_classifier
-from hpa_tf.training.metric import extract, train_metric
 
 
 def test_duplicate_groups_are_connected_components_and_get_their_mean():
@@ -79,20 +76,6 @@ def test_submission_file_parses_back(tmp_path):
     assert frame.columns.tolist() == ["Id", "Predicted"]
     assert frame["Predicted"].tolist() == ["0 3 7", "25"]
     assert [parse_target(t) for t in frame["Predicted"]] == [[0, 3, 7], [25]]
-
-
-@pytest.fixture(scope="module")
-def trained_runs(prepared, tmp_path_factory):
-    """Two 1-epoch classifier folds and a 1-epoch metric run on `tiny`, with every set's embeddings."""
-    root, _ = prepared
-    out = tmp_path_factory.mktemp("runs")
-    common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
-    for fold in (0, 1):
-        train_classifier(classifier_config("demo", crop_size=32, fold=fold, **common), progress=False)
-    metric = metric_config("demo", nn_every=0, **common)
-    train_metric(metric, progress=False)
-    extract(metric, ["test", "kaggle", "ext", "val", "train"], progress=False)
-    return root, out
 
 
 def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):

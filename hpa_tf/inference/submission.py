@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import save_npy_atomic, write_csv_atomic, write_json_atomic
+from hpa_tf.atomic import remove_temporaries, save_npy_atomic, write_csv_atomic, write_json_atomic
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
@@ -143,6 +143,7 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
         steps.append(("neighbours", neighbour_targets(options, layout, ids, steps[-1][1])[0]))
     # Every output at the end, each atomically: a failed step above leaves the previous run's files.
     output = Path(options.output)
+    remove_temporaries(output.parent, output.stem)  # of a run killed while writing
     for folder, fold in zip(options.folds, fold_probs, strict=True):
         save_npy_atomic(fold, output.with_suffix(f".{Path(folder).name}.prob.npy"))
     save_npy_atomic(probs, output.with_suffix(".prob.npy"))  # rows: the Ids of sample_submission
