@@ -15,7 +15,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train the 4-channel classifier of the HPA 2018 winning solution on one fold. With no "
                     "--data-dir it trains the small 'demo' profile on the embedded synthetic dataset "
                     "(generated and prepared on first use). Files go to OUT/RUN/foldK. A killed run "
-                    "resumes when rerun with the same command. Every flag overrides the profile's value.")
+                    "resumes when rerun with the same command; a finished one is reported, not trained "
+                    "again (--restart trains it anew). Every flag overrides the profile's value.")
     parser.add_argument("--fold", type=int, default=0, help="validation fold 0..4 (default 0)")
     parser.add_argument(
         "--profile", choices=sorted(CLASSIFIER_PROFILES), default=None,
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     def action():
         profile = default_profile(args)
         config = classifier_config(profile, **config_overrides(args))
-        summary = train_classifier(config, progress=not args.quiet)
+        summary = train_classifier(config, progress=not args.quiet, restart=args.restart)
+        if summary.get("already_finished"):
+            return  # said so in one line
         print(f"best epoch {summary['best_epoch']}: val focal {summary['val_focal']:.4f}, "
               f"val macro-F1 {summary['val_macro_f1']:.4f}; weights {summary['best_weights']}")
 

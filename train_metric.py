@@ -17,7 +17,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "split), or with --extract write embeddings_<set>.npz from a trained run. With no "
                     "--data-dir it uses the small 'demo' profile on the embedded synthetic dataset. Files "
                     "go to OUT/RUN (default runs/metric_<profile>). A killed run resumes when rerun with "
-                    "the same command.")
+                    "the same command; a finished one is reported, not trained again (--restart trains "
+                    "it anew).")
     parser.add_argument("--profile", choices=sorted(METRIC_PROFILES), default=None,
                         help="demo: small DenseNet embedder from scratch at 64 px, 16 epochs (default "
                              "without --data-dir); i768: ResNet50 at 768, batch 32, FaceAdam, 50 epochs")
@@ -41,16 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from hpa_tf.config import metric_config
+    from hpa_tf.errors import ConfigError
     from hpa_tf.training.metric import extract, train_metric
 
     def action():
         profile = default_profile(args)
-        config = metric_config(profile, **config_overrides(args, skip=("profile", "quiet", "extract",
-                                                                       "checkpoint")))
+        config = metric_config(profile, **config_overrides(args, skip=("profile", "extract", "checkpoint")))
+        if args.extract and args.restart:
+            raise ConfigError("--restart trains the run anew; it does not go with --extract")
         if args.extract:
             extract(config, args.extract, args.checkpoint, progress=not args.quiet)
             return
-        summary = train_metric(config, progress=not args.quiet)
+        summary = train_metric(config, progress=not args.quiet, restart=args.restart)
+        if summary.get("already_finished"):
+            return  # said so in one line
         nn = summary.get("val_nn_top1", float("nan"))
         print(f"best epoch {summary['best_epoch']}: val MAP@5 {summary['val_map5']:.4f}, top-1 "
               f"{summary['val_top1']:.4f}, nearest-neighbour top-1 {nn:.4f}; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -67,10 +68,23 @@ def save_npy_atomic(array, path: str | Path) -> Path:
     return write_atomic(path, write)
 
 
-def remove_temporaries(folder: str | Path, stem: str) -> list[Path]:
-    """Delete the temporary files that write_atomic left in `folder` for outputs named `stem`... when a
-    process was killed mid-write (its cleanup never ran); returns what was removed."""
-    stray = [path for path in Path(folder).glob(f".{stem}.*") if ".tmp" in path.name and path.is_file()]
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return stray
+# What write_atomic names its temporary files: `.{name}.{8 random characters of mkstemp}.tmp{suffix}`.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+
+
+def remove_temporaries(folders, stem: str = "") -> list[Path]:
+    """Delete the temporary files that write_atomic left in these folders (not their subfolders) when a
+    process was killed mid-write and its cleanup never ran; only those of outputs whose names start with
+    `stem` when one is given. Returns what was removed."""
+    removed = []
+    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match and match["name"].startswith(stem) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed

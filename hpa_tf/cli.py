@@ -36,6 +36,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="fp32, or mixed precision bf16 / fp16 (fp16 with dynamic loss scaling)")
     add("--jit", action=argparse.BooleanOptionalAction, default=None, help="compile steps with XLA")
     add("--quiet", action="store_true", help="no progress bars")
+    add("--restart", action="store_true",
+        help="delete the run's files (checkpoints, logs, backup) and train it anew; without it a killed run "
+             "resumes and a finished one is reported, not trained again")
+
+
+# Flags of add_run_arguments that are not RunConfig fields.
+NOT_CONFIG = ("quiet", "restart")
 
 
 def default_profile(args: argparse.Namespace) -> str:
@@ -43,9 +50,10 @@ def default_profile(args: argparse.Namespace) -> str:
     return args.profile or ("i768" if args.data_dir else "demo")
 
 
-def config_overrides(args: argparse.Namespace, skip=("profile", "quiet")) -> dict:
-    """The parsed flags as config overrides (flags that are not config fields skipped)."""
-    return {k: v for k, v in vars(args).items() if k not in skip}
+def config_overrides(args: argparse.Namespace, skip=("profile",)) -> dict:
+    """The parsed flags as config overrides: all but `skip` (a CLI's own flags that are not config fields)
+    and NOT_CONFIG."""
+    return {k: v for k, v in vars(args).items() if k not in skip and k not in NOT_CONFIG}
 
 
 def run_or_exit(action) -> int:

@@ -57,7 +57,9 @@ def test_scann_recall_against_exact_search_and_save_load(tmp_path):
     references = matching_space(_clustered(rng, 5000, centres))
     queries = matching_space(_clustered(rng, 300, centres))
     exact = NeighbourIndex.build(references, exact=True)
-    scann_index = NeighbourIndex.build(references, exact_below=1000)
+    # a third of the 70 leaves searched: the tree's recall at the defaults (1/10) varied from 0.94 to 1.0
+    # between runs in one suite; benchmarks/neighbors.py measures the defaults at scale
+    scann_index = NeighbourIndex.build(references, exact_below=1000, leaves_to_search=23)
     assert NeighbourIndex.build(references).searcher is None  # 5,000 rows: exact by default
     assert scann_index.searcher is not None and exact.searcher is None
     truth, truth_scores = exact.search(queries, k=1)

@@ -378,3 +378,41 @@ def test_unknown_source_and_split(tmp_path):
         read_rgby(layout, "abc", "jpeg")
     with pytest.raises(ValueError, match="valid"):
         read_rgby(layout, "abc", "png", split="valid")
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "packbits"])
+def test_truncated_compressed_tif_raises_naming_file(tmp_path, compression):
+    # a truncated zlib strip makes imagecodecs raise DeflateError (a RuntimeError): a decode error too
+    arr = np.random.default_rng(84).integers(0, 65536, size=(128, 128), dtype=np.uint16)
+    path = _write_tif(tmp_path / f"tr_{compression}.tif", arr, compression=compression)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageReadError) as err:
+        read_tif(path)
+    assert str(path) in str(err.value)
+    assert type(err.value.__cause__).__name__ in str(err.value)  # the decoder's own type and message
+
+
+class _OddDecoderError(RuntimeError):
+    def __init__(self, code, detail):  # like imagecodecs' errors: cannot be rebuilt from its message alone
+        super().__init__(f"{code}: {detail}")
+
+
+@pytest.mark.parametrize("module, name", [(tifffile, "imread"), (Image, "open")])
+def test_any_decoder_failure_is_an_image_read_error(tmp_path, monkeypatch, module, name):
+    path = _write_tif(tmp_path / "odd.tif", np.zeros((4, 4), np.uint8))
+    reader = read_tif if module is tifffile else read_gray
+
+    def fail(*args, **kwargs):
+        raise _OddDecoderError(7, "codec gave up")
+
+    monkeypatch.setattr(module, name, fail)
+    with pytest.raises(ImageReadError, match="_OddDecoderError: 7: codec gave up") as err:
+        reader(path)
+    assert str(path) in str(err.value)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(module, name, out_of_memory)
+    with pytest.raises(MemoryError):  # not the file's fault: not turned into a data error
+        reader(path)

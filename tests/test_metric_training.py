@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from sklearn.preprocessing import scale
 
 from hpa_tf.config import metric_config
+from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import (
     EmbeddingFileError,
     exact_neighbours,
@@ -21,8 +24,9 @@ from hpa_tf.embeddings import (
     save_embeddings,
     standardize_columns,
 )
+from hpa_tf.errors import ModelError
 from hpa_tf.training.loop import TrainingSetupError
-from hpa_tf.training.metric import extract, train_metric
+from hpa_tf.training.metric import VALID_SPLIT, extract, load_embedder, train_metric
 
 ROOT = Path(__file__).parent.parent
 
@@ -112,6 +116,16 @@ def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prep
     assert (log["val_top1"] <= log["val_map5"] + 1e-6).all()
     assert (log["val_map5"] <= log["val_top5"] + 1e-6).all()
     assert summary["best_epoch"] == int(log["val_map5"].idxmax()) + 1  # best by MAP@5 (the first of ties)
+    log_bytes = (folder / "log.csv").read_bytes()
+    again = train_metric(config, progress=False)  # finished: reported, not trained again
+    assert again["optimizer_steps"] == 0 and again.get("already_finished")
+    assert again["best_epoch"] == summary["best_epoch"] and (folder / "log.csv").read_bytes() == log_bytes
+
+    checkpoint = (folder / "best.weights.h5").read_bytes()
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(checkpoint[:len(checkpoint) // 2])
+    with pytest.raises(ModelError, match=re.escape(str(damaged)) + ".*retrain"):
+        load_embedder(config, DataLayout(root), damaged)
 
     paths = extract(config, ["val", "test", "kaggle"], progress=False)
     assert [p.name for p in paths] == ["embeddings_val.npz", "embeddings_test.npz", "embeddings_kaggle.npz"]
@@ -135,10 +149,36 @@ def test_extraction_without_a_checkpoint_and_unknown_sets_fail_clearly(prepared,
         extract(_config(root, tmp_path), ["holdout"], progress=False)
 
 
+def test_an_empty_antibody_validation_split_is_refused_before_training(prepared, tmp_path):
+    root, _ = prepared
+    copy = tmp_path / "data"
+    copy.mkdir()
+    for entry in Path(root).iterdir():  # the images and caches linked, the split files copied
+        if entry.name == "split":
+            shutil.copytree(entry, copy / "split")
+        else:
+            (copy / entry.name).symlink_to(entry)
+    valid = copy / "split" / VALID_SPLIT
+    valid.write_text(valid.read_text().splitlines()[0] + "\n")  # the header only
+    with pytest.raises(TrainingSetupError, match=re.escape(str(valid)) + ".*fewer than 4"):
+        train_metric(_config(copy, tmp_path), progress=False)
+    assert not (tmp_path / "metric_demo").exists()  # refused before anything was written
+
+
 def test_cli_help_lists_the_flags():
     done = subprocess.run([sys.executable, str(ROOT / "train_metric.py"), "--help"], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0
     for flag in ("--extract", "--checkpoint", "--embedding-dim", "--nn-every", "--strategy", "--precision",
-                 "--dropout", "--profile"):
+                 "--dropout", "--profile", "--restart"):
         assert flag in done.stdout
+
+
+def test_cli_refuses_restart_with_extract(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_metric_cli", ROOT / "train_metric.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--extract", "test", "--restart", "--out", str(tmp_path), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: --restart trains the run anew; it does not go with")

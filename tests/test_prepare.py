@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,12 @@ from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import read_cached_rgby
+from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES
+from hpa_tf.parallel import imap
 
 SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
+ROOT = Path(__file__).parent.parent
 
 
 def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
@@ -27,6 +33,11 @@ def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 
 def _run(root: Path, **kwargs) -> dict:
     return prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, **kwargs)
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """Hidden temp files of hpa_tf.atomic.write_atomic (`.{name}.XXXXXXXX.tmp{suffix}`) under root."""
+    return [p for p in root.rglob(".*") if ".tmp" in p.name]
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -247,3 +258,139 @@ def test_rerun_notices_a_source_corrupted_after_preparation(tiny_dataset, tmp_pa
     corrupt.write_bytes(corrupt.read_bytes()[:80])
     with pytest.raises(ValueError, match=str(corrupt)):
         _run(root)
+
+
+# ------------------------------------------------------------------- bad images in a worker pool
+
+def test_truncated_zlib_tif_stops_a_pool_run_with_one_error(tiny_dataset, tmp_path):
+    # imagecodecs' DeflateError could not be unpickled in the parent: the pool's result thread died and
+    # prepare waited forever
+    root = _copy(tiny_dataset, tmp_path)
+    truncated = sorted((root / "train" / "tifs").glob("*.tif"))[0]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    command = [sys.executable, "-m", "hpa_tf.data.prepare", "--data-dir", str(root), "--workers", "2",
+               "--quiet"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(truncated) in errors[0] and "Traceback" not in done.stderr, done.stderr
+    assert not _temporaries(root)
+
+
+def test_stray_temp_files_are_removed_by_a_rerun(prepared, tmp_path):
+    root = tmp_path / "tiny"
+    shutil.copytree(prepared[0], root)
+    layout = DataLayout(root)
+    image_id = _csv(root / "raw" / "train.csv")["Id"][0]
+    cache = layout.kaggle_cache("train", image_id, "red", SIZE)
+    stray = [cache.parent / f".{cache.name}.k3j_x9q2.tmp.png",  # left by a worker killed mid-write
+             layout.external_cache("x", "red", SIZE).parent / ".a_red.jpg.abcdefgh.tmp.jpg",
+             layout.meta_dir / ".stats.json.0a1b2c3d.tmp.json"]
+    for path in stray:
+        path.write_bytes(b"half")
+    kept = cache.parent / ".notes"  # not a temp file of ours
+    kept.write_text("keep")
+    _run(root)
+    assert not _temporaries(root) and kept.is_file()
+
+
+def _within(seconds: float, fn):
+    """fn() in a thread, failing the test if it has not returned (or raised) after `seconds`."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"no result after {seconds} s: the pool hangs")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_an_unpicklable_worker_exception_is_a_runtime_error_with_its_traceback():
+    import imagecodecs  # its DeflateError cannot be unpickled (its __init__ wants 2 arguments)
+
+    with pytest.raises(RuntimeError) as error:
+        _within(60, lambda: list(imap(imagecodecs.deflate_decode, [b"not zlib"] * 4, workers=2, chunksize=1)))
+    assert not isinstance(error.value, DataError)  # a bug, not bad user data
+    text = str(error.value)
+    assert "Error" in text and "deflate_decode" in text and "Traceback" in text  # the worker's traceback
+
+
+POOL_HELPERS = '''
+import time
+from pathlib import Path
+
+from hpa_tf.atomic import write_atomic
+from hpa_tf.errors import DataError
+
+
+def _wait(until, limit=30.0):
+    deadline = time.monotonic() + limit
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def task(item):
+    kind, folder = item
+    folder = Path(folder)
+    if kind == "bad":  # fails while the other worker is in the middle of an atomic write
+        _wait(lambda: any(folder.glob(".*.tmp*")))
+        (folder / "go").touch()
+        raise DataError(f"cannot read image {folder / 'bad.png'}")
+
+    def slow(temp):
+        temp.write_bytes(b"half")
+        _wait((folder / "go").is_file)
+        time.sleep(0.5)
+        temp.write_bytes(b"whole")
+
+    write_atomic(folder / "out.bin", slow)
+    return kind
+'''
+
+
+def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monkeypatch):
+    # terminating the pool at once killed workers mid-write, leaving their temp files behind
+    (tmp_path / "pool_helpers.py").write_text(POOL_HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path too
+    import pool_helpers
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    items = [("slow", str(folder)), ("bad", str(folder))]
+    with pytest.raises(DataError, match="bad.png"):
+        _within(60, lambda: list(imap(pool_helpers.task, items, workers=2, chunksize=1)))
+    assert not _temporaries(folder)
+    assert (folder / "out.bin").read_bytes() == b"whole"  # the write under way was finished
+
+
+# ------------------------------------------------------------------------ cache damage on a rerun
+
+def test_verifying_rerun_redoes_a_cache_png_corrupted_in_place(prepared, tmp_path):
+    """A plain rerun checks sizes only (a stat per file, fast at real scale); --verify compares CRC-32s."""
+    root = tmp_path / "tiny"
+    shutil.copytree(prepared[0], root)
+    layout = DataLayout(root)
+    image_id = _csv(root / "raw" / "train.csv")["Id"][3]
+    damaged = layout.kaggle_cache("train", image_id, "blue", SIZE)
+    image = {layout.kaggle_cache("train", image_id, c, SIZE) for c in COLORS}
+    good = {path: path.read_bytes() for path in image}
+    middle = len(good[damaged]) // 2  # inside the IDAT data of these small PNGs
+    flipped = bytes(b ^ 0xFF for b in good[damaged][middle:middle + 16])
+    damaged.write_bytes(good[damaged][:middle] + flipped + good[damaged][middle + 16:])
+    assert damaged.stat().st_size == len(good[damaged])
+    before = _mtimes(root)
+    _run(root)
+    assert _mtimes(root) == before  # same sizes: not noticed without --verify
+    _run(root, verify=True)
+    assert {path: path.read_bytes() for path in image} == good  # the uninterrupted run's bytes
+    changed = {p for p, t in _mtimes(root).items() if before.get(p) != t}
+    assert damaged in changed and changed <= image  # only the damaged image is redone

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,10 +21,12 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from hpa_tf.config import ConfigError, classifier_config
+from hpa_tf.errors import InferenceError
+from hpa_tf.inference.predict import load_run_model
 from hpa_tf.losses import classifier_loss
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.classifier import build_classifier
-from hpa_tf.training.callbacks import epoch_weights
+from hpa_tf.training.callbacks import EpochCheckpoints, ResumingCSVLogger, epoch_weights
 from hpa_tf.training.classifier import train_classifier
 from hpa_tf.training.evaluate import class_report, draw_report, evaluate_run
 from hpa_tf.training.loop import TrainingSetupError
@@ -182,38 +186,54 @@ def _config(root, out, **overrides):
     return classifier_config("demo", **{**values, **overrides})
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Raises in the middle of an epoch, like a pre-empted job."""
+class _KilledAfterTheLogRow(keras.callbacks.TensorBoard):
+    """TensorBoard, which fit_run places after the CSV log and before BackupAndRestore, dying at the end of
+    epoch `epoch` (0-based): the epoch's checkpoints and log row are written, its backup is not, as where a
+    kill -9 can land."""
 
-    def __init__(self, epoch: int, batch: int = 2):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
+    epoch = 1
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == self.batch:
-            raise KeyboardInterrupt("pre-empted")
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("killed")
 
 
-def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepared, tmp_path):
+def _cli(argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_classifier_cli", ROOT / "train_classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepared, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Killed after epoch 2's log row, before its backup; resumed; run again when finished (nothing to do);
+    a damaged checkpoint; --restart (which also checks the stretched learning-rate schedule)."""
     root, _ = prepared
     config = _config(root, tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(config, callbacks=[_Interrupt(epoch=1)], progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.callbacks, "TensorBoard", _KilledAfterTheLogRow)
+        with pytest.raises(KeyboardInterrupt):
+            train_classifier(config, progress=False)
     folder = tmp_path / "demo" / "fold0"
-    assert epoch_weights(folder, 1).is_file() and not epoch_weights(folder, 2).exists()
-    assert (folder / "backup").is_dir()
+    assert epoch_weights(folder, 2).is_file() and not epoch_weights(folder, 3).exists()
+    assert pd.read_csv(folder / "log.csv")["epoch"].tolist() == [0, 1]  # the row of epoch 2 is written
+    backed_up = json.loads((folder / "backup" / "training_metadata.json").read_text())["epoch"]
+    assert backed_up == 1  # epoch 2's backup is not
 
-    summary = train_classifier(config, progress=False)
+    summary = train_classifier(config, progress=False)  # trains epochs 2 and 3
     log = pd.read_csv(folder / "log.csv")
-    assert log["epoch"].tolist() == [0, 1, 2]
+    assert log["epoch"].tolist() == [0, 1, 2]  # each epoch once: the killed run's row of epoch 2 is gone
     assert all(epoch_weights(folder, e).is_file() for e in (1, 2, 3))
     assert not (folder / "backup").exists()  # removed once the run is complete
     best = json.loads((folder / "best.json").read_text())
     assert best["epoch"] == summary["best_epoch"] == int(log.loc[log["val_focal"].idxmin(), "epoch"]) + 1
     assert best["val_focal"] == pytest.approx(log["val_focal"].min(), rel=1e-6)
+    best_weights = (folder / "best.weights.h5").read_bytes()
+    assert best_weights == epoch_weights(folder, best["epoch"]).read_bytes()  # not the killed run's
     steps_per_epoch = 194 // 16  # fold 0 of the tiny dataset has 194 training rows
     assert summary["optimizer_steps"] == 3 * steps_per_epoch  # the optimizer state was restored too
     model = build_classifier(config.backbone, weights=None)
@@ -226,6 +246,78 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     assert [p.name for p in charts] == ["per_class_f1.png", "training_curves.png"]
     with Image.open(charts[0]) as png:
         assert png.size == (800, 900)
+
+    # The finished run, run again: reported in one line, nothing trained or written.
+    log_bytes, last_written = (folder / "log.csv").read_bytes(), epoch_weights(folder, 3).stat().st_mtime_ns
+    again = train_classifier(config, progress=False)
+    assert again["optimizer_steps"] == 0 and again.get("already_finished")
+    assert again["best_epoch"] == summary["best_epoch"] and again["val_focal"] == summary["val_focal"]
+    capsys.readouterr()
+    assert _cli(["--data-dir", str(root), "--out", str(tmp_path), "--profile", "demo", "--img-size", "64",
+                 "--crop-size", "32", "--batch-size", "16", "--epochs", "3", "--quiet"]) == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1
+    assert said[0].startswith(f"{folder} holds a finished run: best epoch {best['epoch']} of 3")
+    assert "--restart" in said[0]
+    assert (folder / "log.csv").read_bytes() == log_bytes
+    assert epoch_weights(folder, 3).stat().st_mtime_ns == last_written
+
+    # A checkpoint cut short is a named InferenceError, not h5py's traceback.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    shutil.copy(folder / "config.json", damaged)
+    (damaged / "best.weights.h5").write_bytes(best_weights[:len(best_weights) // 2])
+    with pytest.raises(InferenceError, match=re.escape(str(damaged / "best.weights.h5")) + ".*retrain"):
+        load_run_model(damaged)
+
+    # --restart deletes the run's files (not others') and trains anew: 2 epochs of the stretched schedule.
+    (folder / "notes.txt").write_text("mine")
+    assert _cli(["--data-dir", str(root), "--out", str(tmp_path), "--profile", "demo", "--img-size", "64",
+                 "--crop-size", "32", "--batch-size", "16", "--epochs", "2", "--lr-scale", "1", "--quiet",
+                 "--restart"]) == 0
+    log = pd.read_csv(folder / "log.csv")
+    assert log["epoch"].tolist() == [0, 1]  # a new run's log, not appended to the old one
+    np.testing.assert_allclose(log["learning_rate"], [3e-4, 1e-5], rtol=1e-6)  # Adam45's epochs 23, 45
+    assert epoch_weights(folder, 2).is_file() and not epoch_weights(folder, 3).exists()
+    assert not (folder / "per_class_f1.png").exists()  # the old run's chart went with it
+    assert json.loads((folder / "best.json").read_text())["epoch"] in (1, 2)
+    assert json.loads((folder / "config.json").read_text())["epochs"] == 2
+    assert (folder / "notes.txt").read_text() == "mine"  # not a file of the run
+
+
+def test_resumed_checkpoints_choose_the_best_again_without_the_epochs_trained_again(tmp_path):
+    """A run killed after epoch 2's checkpoints and log row but before its backup resumes at epoch 2: the
+    best (epoch 2) is chosen again among epoch 1; a fit that starts over has no best; the log keeps its
+    columns; a missing monitor is a TrainingSetupError."""
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    for number in (1, 2):
+        net.layers[0].bias.assign([number, number])
+        net.save_weights(epoch_weights(tmp_path, number))
+    rows = ["epoch,loss,val_focal,val_nn", "0,2.0,0.5,0.25", "1,1.0,0.4,0.5", "1,1.0,0.3,0.5"]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "best.json").write_text(json.dumps({"epoch": 2, "val_focal": 0.3, "val_nn": 0.5}))
+    shutil.copy(epoch_weights(tmp_path, 2), tmp_path / "best.weights.h5")
+    checkpoints = EpochCheckpoints(net, tmp_path, report=False, log=tmp_path / "log.csv")
+    checkpoints.on_train_begin()
+    checkpoints.on_epoch_begin(1)
+    assert json.loads((tmp_path / "best.json").read_text()) == {"epoch": 1, "val_focal": 0.5, "val_nn": 0.25}
+    assert (tmp_path / "best.weights.h5").read_bytes() == epoch_weights(tmp_path, 1).read_bytes()
+    assert (checkpoints.best_epoch, checkpoints.best_value) == (1, 0.5)
+
+    logger = ResumingCSVLogger(tmp_path / "log.csv")
+    logger.on_train_begin()
+    logger.on_epoch_begin(1)
+    logger.on_epoch_end(1, {"loss": 0.9, "val_focal": 0.45})  # no val_nn this epoch
+    logger.on_train_end()
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert log["epoch"].tolist() == [0, 1] and log["val_focal"].tolist() == [0.5, 0.45]
+    assert log["val_nn"].isna().tolist() == [False, True]  # the column of the header, not a shifted row
+
+    checkpoints.on_train_begin()
+    checkpoints.on_epoch_begin(0)  # no backup: epoch 1 is trained again, no best yet
+    assert not (tmp_path / "best.json").exists() and not (tmp_path / "best.weights.h5").exists()
+    with pytest.raises(TrainingSetupError, match="no 'val_focal'.*validation split"):
+        checkpoints.on_epoch_end(0, {"loss": 1.0})
 
 
 def test_class_report_matches_sklearn():
@@ -243,13 +335,6 @@ def test_class_report_matches_sklearn():
     assert np.isnan(report.loc[3, "auc"])
     assert report["f1_at_0.5"].tolist() == pytest.approx(
         f1_score(truth, probs > 0.5, average=None, zero_division=0).tolist())
-
-
-def test_learning_rate_follows_the_stretched_schedule(prepared, tmp_path):
-    root, _ = prepared
-    train_classifier(_config(root, tmp_path, epochs=2, lr_scale=1.0), progress=False)
-    log = pd.read_csv(tmp_path / "demo" / "fold0" / "log.csv")
-    np.testing.assert_allclose(log["learning_rate"], [3e-4, 1e-5], rtol=1e-6)
 
 
 def test_missing_prepared_data_and_bad_settings_fail_before_training(prepared, tmp_path):
@@ -271,7 +356,7 @@ def test_cli_help_and_error_exit(prepared, tmp_path):
                           capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 0
     for flag in ("--fold", "--profile", "--data-dir", "--strategy", "--sync-bn", "--precision", "--jit",
-                 "--schedule", "--large", "--weights", "i1536"):
+                 "--schedule", "--large", "--weights", "i1536", "--restart"):
         assert flag in done.stdout
     root, _ = prepared
     done = subprocess.run([sys.executable, str(ROOT / "train_classifier.py"), "--data-dir", str(root),

@@ -7,8 +7,6 @@ Every failure (missing, unreadable, truncated, wrong bit depth, mismatched chann
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,19 +28,10 @@ HPA_V18_PLANE = {"red": 0, "green": 1, "blue": 2, "yellow": 0}
 # 16-bit or bilevel modes are rejected instead: converting them would clip or invent values.
 _EIGHT_BIT_COLOR_MODES = ("CMYK", "YCbCr", "RGBA", "RGBX", "P", "PA", "LA")
 
-# What PIL and tifffile raise for missing, corrupt, truncated or undecodable files (missing codec:
-# KeyError / ImportError). Programming errors (TypeError, AttributeError) are not caught.
-_DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    LookupError,
-    ImportError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-)
+# Not the file's fault: these pass through a decode untouched. Every other exception raised while one
+# file is decoded (PIL's, tifffile's, imagecodecs' DeflateError and other RuntimeErrors, a missing codec's
+# ImportError, ...) becomes an ImageReadError naming the file, keeping the decoder's type and message.
+_NOT_DECODE_ERRORS = (MemoryError,)  # KeyboardInterrupt and SystemExit are not Exceptions at all
 
 
 class ImageReadError(DataError):
@@ -52,7 +41,8 @@ class ImageReadError(DataError):
 def _decode_error(path: Path, exc: Exception) -> ImageReadError:
     if isinstance(exc, FileNotFoundError):
         return ImageReadError(f"missing image file: {path}")
-    return ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}")
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return ImageReadError(f"cannot read image {path}: {detail}")
 
 
 def _pil_array(path: PathLike, to_rgb: tuple[str, ...] = ()) -> tuple[str, np.ndarray]:
@@ -68,7 +58,9 @@ def _pil_array(path: PathLike, to_rgb: tuple[str, ...] = ()) -> tuple[str, np.nd
             if mode in to_rgb:
                 return mode, np.array(im.convert("RGB"))
             return mode, np.array(im)
-    except _DECODE_ERRORS as exc:
+    except _NOT_DECODE_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's read error
         raise _decode_error(path, exc) from exc
 
 
@@ -122,7 +114,9 @@ def read_tif(path: PathLike) -> np.ndarray:
     path = Path(path)
     try:
         arr = tifffile.imread(path)
-    except _DECODE_ERRORS as exc:
+    except _NOT_DECODE_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's read error
         raise _decode_error(path, exc) from exc
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(

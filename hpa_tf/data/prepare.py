@@ -4,8 +4,9 @@
 
 Writes, under DIR: resize caches per size, meta CSVs, pHash matches (train<->HPAv18, test<->test,
 test<->HPAv18 and our own test leak list), the 5-fold and antibody splits, the optional label correction
-and per-channel statistics. A rerun skips finished work (checked against a manifest of the cache files),
-redoes anything missing or damaged, and rewrites no file whose content is unchanged.
+and per-channel statistics. A rerun skips finished work (checked against a manifest of the cache files:
+their sizes and CRC-32s), redoes anything missing or damaged, removes the hidden temp files a killed run
+left, and rewrites no file whose content is unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import pandas as pd
 from sklearn.preprocessing import LabelEncoder
 from tqdm import tqdm
 
-from hpa_tf.atomic import write_csv_atomic, write_json_atomic
+from hpa_tf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
 from hpa_tf.data import splits
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
@@ -105,10 +108,11 @@ def build_meta(raw: pd.DataFrame, external: bool) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ per-image work
 
-def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
-    """Worker: make the missing (or, when forced, all) resize caches of one image and, if asked, its
-    pHashes and channel stats. Returns (key, {size: byte sizes of the 4 cache files}, features or None)."""
-    root, ref, sizes, want_features, force = args
+def _image_task(args: tuple) -> tuple[str, dict[int, list[str]], list | None]:
+    """Worker: make the resize caches of one image for the sizes in `todo` ({size: redo}: True rewrites
+    them, False only those that do not decode) and, if asked, its pHashes and channel stats.
+    Returns (key, {size: fingerprints of the 4 cache files}, features or None)."""
+    root, ref, todo, want_features = args
     layout = DataLayout(root)
     sources: dict[str, np.ndarray] = {}  # each source image is read once, whatever the number of sizes
 
@@ -118,18 +122,26 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[int]], list | None]:
         return sources[source]
 
     cached = {}
-    for size in sizes:
-        if force or not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
+    for size, redo in todo.items():
+        if redo or not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
             rgby = read(cache_source(layout, ref.kind, ref.split, ref.image_id))
             write_cache(layout, ref.kind, ref.split, ref.image_id, size, rgby)
         paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
-        cached[size] = [p.stat().st_size for p in paths]
+        cached[size] = [_fingerprint(p.read_bytes()) for p in paths]
     features = None
     if want_features:  # spec 2 and 4: from the Kaggle PNGs (not the TIFFs) and the HPAv18 JPEGs
         rgby = read("png" if ref.kind == "kaggle" else "external")
         mean, std = channel_stats(rgby)
         features = [f"{h:016x}" for h in phash_planes(rgby)] + list(mean) + list(std)
     return ref.key, cached, features
+
+
+_FINGERPRINT = re.compile(r"\d+:[0-9a-f]{8}")
+
+
+def _fingerprint(data: bytes) -> str:
+    """A cache file's byte count and CRC-32, as the manifest stores it: '12345:89abcdef'."""
+    return f"{len(data)}:{zlib.crc32(data):08x}"
 
 
 def source_signature(layout: DataLayout, ref: ImageRef) -> str:
@@ -161,24 +173,48 @@ def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
     return frame if list(frame.columns) == columns else None
 
 
-def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[int]]:
+def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[str]]:
+    """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it has
+    an older format), so that every cache is checked by decoding it."""
     frame = _read_saved(_manifest_path(layout, size), ["key", *COLORS])
     if frame is None:
         return {}
-    frame[list(COLORS)] = frame[list(COLORS)].astype(int)
-    return {k: list(v) for k, v in zip(frame["key"], frame[list(COLORS)].to_numpy().tolist(), strict=True)}
+    rows = frame[list(COLORS)].to_numpy().tolist()
+    if not all(isinstance(v, str) and _FINGERPRINT.fullmatch(v) for row in rows for v in row):
+        return {}
+    return dict(zip(frame["key"], rows, strict=True))
 
 
-def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: list[int] | None) -> bool:
-    """Cheap check against the manifest: the four files exist with the recorded byte sizes."""
-    if recorded is None:
-        return False
+def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: list[str],
+                       verify: bool = False) -> bool:
+    """The four cache files have the byte sizes the manifest recorded (a stat each: fast at any scale)
+    and, with `verify`, their CRC-32s too, so that a file damaged in place at the same size is redone
+    (this reads every cache file)."""
     paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
-    return all(p.is_file() and p.stat().st_size == n for p, n in zip(paths, recorded, strict=True))
+    for path, fingerprint in zip(paths, recorded, strict=True):
+        try:
+            if path.stat().st_size != int(fingerprint.split(":")[0]):
+                return False
+            if verify and _fingerprint(path.read_bytes()) != fingerprint:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def _output_folders(layout: DataLayout, sizes: list[int]) -> list[Path]:
+    """Every folder prepare writes files into: the resize caches of each size, meta/ and split/."""
+    folders = [layout.meta_dir, layout.split_dir]
+    if layout.split_dir.is_dir():
+        folders += [p for p in layout.split_dir.iterdir() if p.is_dir()]
+    for size in sizes:
+        folders += [layout.kaggle_cache(split, "x", "red", size).parent for split in ("train", "test")]
+        folders.append(layout.external_cache("x", "red", size).parent)
+    return folders
 
 
 def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], workers: int,
-                   progress: bool) -> dict[str, list]:
+                   progress: bool, verify: bool = False) -> dict[str, list]:
     """Resize caches for every size and pHash/stat features for every image, skipping finished work.
 
     Returns {image key: features}; the features and cache manifests are saved under meta/."""
@@ -197,18 +233,24 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
         if sources.get(ref.key) != signature:  # new image, or its source files changed: redo everything
             features.pop(ref.key, None)
             sources[ref.key] = signature
-            tasks.append((str(layout.root), ref, sizes, True, True))
+            tasks.append((str(layout.root), ref, dict.fromkeys(sizes, True), True))
             continue
-        todo = [s for s in sizes if not _cache_is_recorded(layout, ref, s, manifests[s].get(ref.key))]
+        todo = {}
+        for size in sizes:
+            recorded = manifests[size].get(ref.key)
+            if recorded is None:  # not recorded (a killed run, an older manifest): keep it if it decodes
+                todo[size] = False
+            elif not _cache_is_recorded(layout, ref, size, recorded, verify):  # changed since written
+                todo[size] = True
         if todo or ref.key not in features:
-            tasks.append((str(layout.root), ref, todo, ref.key not in features, False))
+            tasks.append((str(layout.root), ref, todo, ref.key not in features))
     workers = workers if len(tasks) >= 64 else 1  # a pool only pays for itself on larger jobs
     try:
         with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
                   disable=not progress or not tasks) as bar:
             for key, cached, feats in imap(_image_task, tasks, workers, chunksize=16):
-                for size, byte_sizes in cached.items():
-                    manifests[size][key] = byte_sizes
+                for size, fingerprints in cached.items():
+                    manifests[size][key] = fingerprints
                 if feats is not None:
                     features[key] = feats
                 bar.update()
@@ -299,15 +341,17 @@ def default_sizes(layout: DataLayout) -> list[int]:
 
 
 def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
-            progress: bool = True, log=print, tfrecords: bool = False) -> dict:
+            progress: bool = True, log=print, tfrecords: bool = False, verify: bool = False) -> dict:
     """Run every preparation step on data_dir; returns a summary (counts of images and matches).
 
-    With tfrecords, also writes TFRecord shards of the caches of every group and size."""
+    With tfrecords, also writes TFRecord shards of the caches of every group and size; with verify, a
+    rerun checks every cache file's CRC-32 against the manifest, not only its size."""
     layout = DataLayout(data_dir)
     sizes = sorted(set(sizes or default_sizes(layout)))
     if any(s < 1 for s in sizes):
         raise PrepareError(f"--sizes must be positive, got {sizes}")
     workers = workers or os.cpu_count() or 1
+    remove_temporaries(_output_folders(layout, sizes))  # left by a run killed mid-write
     train_raw = read_raw_csv(layout.train_csv, ["Id", "Target"])
     test_raw = read_raw_csv(layout.sample_submission_csv, ["Id"])
     external_raw = read_raw_csv(layout.external_csv, ["Id", "Target"])
@@ -322,7 +366,7 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     log(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
         f"resize caches at {sizes}")
     features = process_images(layout, refs["train"] + refs["test"] + refs["external"], sizes, workers,
-                              progress)
+                              progress, verify)
 
     train_ext = _matches(features, refs["train"], refs["external"], ("Train", "Extra"))
     test_test = _matches(features, refs["test"], refs["test"], ("Test1", "Test2"), same_set=True)
@@ -373,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                                                              "real data, the image size for synthetic)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verify", action="store_true",
+                        help="a rerun also checks each cache file's CRC-32 against the manifest (reads every "
+                             "cache file; without it, sizes only), so files damaged in place are redone")
     parser.add_argument("--tfrecords", action="store_true",
                         help="also write TFRecord shards of the resize caches, for clusters and remote "
                              "storage")
@@ -383,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = ensure_dataset("demo")
     start = time.perf_counter()
     try:
-        prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords)
+        prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords,
+                verify=args.verify)
     except USER_ERRORS as error:  # PrepareError, ImageReadError, the split functions' DataError, OS errors
         print(f"error: {error}", file=sys.stderr)
         return 2

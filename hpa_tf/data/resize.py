@@ -1,7 +1,8 @@
 """Resize caches (spec 1.2, 1.3): OpenCV-style bilinear resize, cache writers/readers, per-image mean/std.
 
 Cache files are written atomically (temp file in the same folder, then os.replace), so a crash leaves
-either the old file, no file, or a stray hidden `.tmp` file; `cache_is_complete` tells a rerun what to redo.
+either the old file, no file, or a stray hidden `.tmp` file (which the next `prepare` run removes);
+`cache_is_complete` tells a rerun what to redo.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from hpa_tf.training.loop import (
     Session,
     TrainingSetupError,
     adam,
+    begin_run,
     fit_run,
     read_split,
     start_session,
@@ -46,14 +47,20 @@ def build_trainer(config: ClassifierConfig, layout: DataLayout) -> GlobalBatchTr
     return trainer
 
 
-def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = True) -> dict:
+def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = True,
+                     restart: bool = False) -> dict:
     """Train one fold; rerunning the same command after an interruption resumes at the last finished
-    epoch. Returns a summary: folder, best epoch and its validation figures."""
+    epoch, and after the run finished reports it without training (`restart`: delete the run's files and
+    train anew). Returns a summary: folder, best epoch and its validation figures."""
     session: Session = start_session(config, progress)
     train, valid = split_frames(session.layout, config.split, config.fold)
     if len(train) < config.batch_size:
         raise TrainingSetupError(f"fold {config.fold} has {len(train)} training images, fewer than one "
                                  f"batch of {config.batch_size}")
+    folder = run_folder(config)
+    finished = begin_run(config, session, folder, "val_focal", restart)
+    if finished is not None:
+        return finished
     source = session.source(config)
     train_ds = training_dataset(session, pipeline.train_dataset, source, train, config.crop_size,
                                 config.batch_size, seed=config.seed)
@@ -64,5 +71,5 @@ def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = Tr
     description = (f"training {config.backbone} fold {config.fold}: {len(train)} train / {len(valid)} valid "
                    f"images of {session.layout.root}, {config.img_size} -> {config.crop_size} px, batch "
                    f"{config.batch_size}")
-    return fit_run(config, session, trainer, train_ds, valid_ds, run_folder(config), "val_focal", "min",
+    return fit_run(config, session, trainer, train_ds, valid_ds, folder, "val_focal", "min",
                    description, callbacks, progress)

@@ -19,11 +19,24 @@ from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.errors import TrainingSetupError
 from hpa_tf.models.backbones import check_backbone
-from hpa_tf.training.callbacks import BEST_STATE, BEST_WEIGHTS, EpochCheckpoints
+from hpa_tf.training.callbacks import (
+    BEST_STATE,
+    BEST_WEIGHTS,
+    LOG,
+    EpochCheckpoints,
+    ResumingCSVLogger,
+    read_log,
+)
 from hpa_tf.training.schedules import learning_rate
 from hpa_tf.viz import training_curves
 
 ADAM_EPSILON = 1e-8  # PyTorch's default (Keras' is 1e-7), spec 8.1
+CONFIG = "config.json"
+BACKUP = "backup"  # BackupAndRestore's folder: present while a run is unfinished
+# What a run writes in its folder (with the NNN.weights.h5 of every epoch), all deleted by a restart:
+# training's files, the evaluation charts and the embeddings (and their neighbour index) of a metric run.
+RUN_FILES = (CONFIG, LOG, BEST_WEIGHTS, BEST_STATE, "training_curves.png", "per_class_f1.png")
+RUN_FOLDERS = (BACKUP, "tensorboard", "index_ext")
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -136,6 +149,60 @@ def adam(config: RunConfig) -> keras.optimizers.Adam:
                                  epsilon=ADAM_EPSILON)
 
 
+def finished_run(folder: Path, epochs: int) -> dict | None:
+    """The summary of the run in `folder` when it is finished (no backup/, best.weights.h5 and best.json
+    present, every epoch of its config.json, else `epochs`, in log.csv); None otherwise."""
+    if (folder / BACKUP).exists() or not all((folder / name).is_file() for name in (LOG, BEST_WEIGHTS,
+                                                                                   BEST_STATE)):
+        return None
+    if (folder / CONFIG).is_file():
+        epochs = int(json.loads((folder / CONFIG).read_text()).get("epochs", epochs))
+    if not set(range(epochs)) <= set(read_log(folder / LOG)[1]):
+        return None
+    best = json.loads((folder / BEST_STATE).read_text())
+    summary = {"folder": str(folder), "best_epoch": int(best["epoch"]),
+               "best_weights": str(folder / BEST_WEIGHTS), "optimizer_steps": 0, "epochs": epochs,
+               "already_finished": True, **best}
+    if (folder / "training_curves.png").is_file():
+        summary["curves"] = str(folder / "training_curves.png")
+    return summary
+
+
+def clear_run(folder: Path) -> None:
+    """Delete a run's files from its folder (RUN_FILES, RUN_FOLDERS, NNN.weights.h5, embeddings_*.npz);
+    anything else there, other workers' scratch folders included, stays."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        name = path.name
+        if name in RUN_FOLDERS and path.is_dir():
+            shutil.rmtree(path)
+        elif path.is_file() and (name in RUN_FILES or (name.endswith(".weights.h5") and
+                                                       name[:-len(".weights.h5")].isdigit())
+                                 or (name.startswith("embeddings_") and name.endswith(".npz"))):
+            path.unlink()
+
+
+def begin_run(config: RunConfig, session: Session, folder: Path, monitor: str, restart: bool = False
+              ) -> dict | None:
+    """Before building anything: with `restart`, delete the run's files (this worker's own scratch copy
+    on a worker that is not the chief) so that it trains anew; otherwise, when `folder` holds a finished
+    run, print one line saying so and return its summary (None: train, or resume)."""
+    if restart:
+        if session.chief:
+            clear_run(folder)
+        else:
+            shutil.rmtree(folder / f".scratch-{session.worker}", ignore_errors=True)
+        return None
+    summary = finished_run(folder, config.epochs)
+    if summary is not None:
+        print(f"{folder} holds a finished run: best epoch {summary['best_epoch']} of {summary['epochs']} "
+              f"({monitor} {float(summary.get(monitor, float('nan'))):.4f}, {summary['best_weights']}); "
+              f"nothing to train. To train it again, rerun with --restart (deletes its files) or "
+              f"--run NAME (a new folder)", flush=True)
+    return summary
+
+
 def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds, valid_ds, folder: Path,
             monitor: str, mode: str, description: str, callbacks=(), progress: bool = True) -> dict:
     """Fit with the schedule, per-epoch and best checkpoints (by `monitor`, `mode` min or max), CSV log
@@ -145,7 +212,7 @@ def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds,
     files.mkdir(parents=True, exist_ok=True)
     if session.chief:
         write_json_atomic({**dataclasses.asdict(config), "data_dir": str(session.layout.root),
-                           "replicas": session.replicas}, folder / "config.json")
+                           "replicas": session.replicas}, folder / CONFIG)
     print(f"{description}; {session.replicas} replica(s), {config.epochs} epochs of {config.schedule}; "
           f"files in {folder}", flush=True)
     schedule = keras.callbacks.LearningRateScheduler(
@@ -153,11 +220,13 @@ def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds,
     verbose = config.verbose if progress else 0
     # Keras' own epoch line shows the same figures when its progress output is on.
     checkpoints = EpochCheckpoints(trainer.net, files, monitor=monitor, mode=mode,
-                                   report=session.chief and verbose == 0)
-    fit_callbacks = [schedule, *callbacks, checkpoints,
-                     keras.callbacks.CSVLogger(str(files / "log.csv"), append=True),
+                                   report=session.chief and verbose == 0, log=files / LOG)
+    # The order matters when a run is killed: an epoch's checkpoints, then its log row, then its backup;
+    # a rerun resumes from the backup and drops the later row and best choice (ResumingCSVLogger,
+    # EpochCheckpoints).
+    fit_callbacks = [schedule, *callbacks, checkpoints, ResumingCSVLogger(files / LOG),
                      keras.callbacks.TensorBoard(str(files / "tensorboard")),
-                     keras.callbacks.BackupAndRestore(str(files / "backup"), double_checkpoint=True)]
+                     keras.callbacks.BackupAndRestore(str(files / BACKUP), double_checkpoint=True)]
     trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks,
                 shuffle=False, verbose=verbose)
     if not session.chief:
@@ -167,7 +236,7 @@ def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds,
                "optimizer_steps": int(trainer.optimizer.iterations.numpy())}
     if session.chief and (folder / BEST_STATE).is_file():
         summary.update(json.loads((folder / BEST_STATE).read_text()))
-    if session.chief and (folder / "log.csv").is_file():
-        curves = training_curves(folder / "log.csv", folder / "training_curves.png", str(folder))
+    if session.chief and (folder / LOG).is_file():
+        curves = training_curves(folder / LOG, folder / "training_curves.png", str(folder))
         summary["curves"] = str(curves)
     return summary

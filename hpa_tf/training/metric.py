@@ -12,17 +12,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from hpa_tf.config import MetricConfig, metric_config
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
+from hpa_tf.errors import ModelError
 from hpa_tf.losses import arcface_loss
 from hpa_tf.models.metric import ArcMarginProduct, build_embedder
 from hpa_tf.training.loop import (
     Session,
     TrainingSetupError,
     adam,
+    begin_run,
     fit_run,
     read_split,
     start_session,
@@ -63,11 +66,18 @@ def build_network(config: MetricConfig, classes: int) -> keras.Model:
 
 def load_embedder(config: MetricConfig, layout, checkpoint: Path) -> keras.Model:
     """The trained embedder of a metric run: its network rebuilt for the dataset's antibody classes with
-    `checkpoint` loaded (TrainingSetupError naming the file when it is missing)."""
+    `checkpoint` loaded (TrainingSetupError naming the file when it is missing, ModelError when it does
+    not load)."""
     if not checkpoint.is_file():
         raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
     net = build_network(config, number_of_classes(layout))
-    net.load_weights(checkpoint)
+    try:
+        net.load_weights(checkpoint)
+    except (OSError, ValueError, KeyError) as error:  # h5py on a damaged file; Keras on other weights
+        raise ModelError(f"checkpoint {checkpoint} does not load ({type(error).__name__}: {error}): it is "
+                         "damaged (e.g. cut short) or not this run's; retrain (python train_metric.py "
+                         "--restart) or pick another checkpoint of the run (--checkpoint NNN.weights.h5)"
+                         ) from error
     return net.get_layer("embedder")
 
 
@@ -107,10 +117,14 @@ def _frame(session: Session, name: str | None) -> pd.DataFrame:
 
 def embed(embedder: keras.Model, session: Session, config: MetricConfig, frame: pd.DataFrame,
           kaggle_split: str = "train", batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
-    """[N, D] float32 embeddings of a frame's images, in frame order (one pass, no TTA: spec 10.4)."""
+    """[N, D] float32 embeddings of a frame's images, in frame order (one pass, no TTA: spec 10.4); a
+    cache image TF cannot decode is named."""
     source = pipeline.Source(session.layout, config.img_size, kaggle_split, config.tfrecords)
     images = pipeline.metric_dataset(source, frame, batch_size or config.batch_size, training=False)
-    return embedder.predict(images.map(lambda x, y: x), verbose=verbose).astype(np.float32)
+    try:
+        return embedder.predict(images.map(lambda x, y: x), verbose=verbose).astype(np.float32)
+    except tf.errors.InvalidArgumentError as error:
+        raise pipeline.unreadable_image(source, frame, error) from None
 
 
 class NeighbourAccuracy(keras.callbacks.Callback):
@@ -129,13 +143,24 @@ class NeighbourAccuracy(keras.callbacks.Callback):
             self.embed_frame(self.train), self.train["antibody_code"].to_numpy())
 
 
-def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> dict:
-    """Train the metric model; a rerun after an interruption resumes. Returns the best epoch's summary."""
+def train_metric(config: MetricConfig, callbacks=(), progress: bool = True, restart: bool = False) -> dict:
+    """Train the metric model; a rerun after an interruption resumes, and after the run finished reports
+    it without training (`restart`: delete the run's files and train anew). Returns the best epoch's
+    summary."""
     session = start_session(config, progress)
     train, valid = read_split(session.layout, TRAIN_SPLIT), read_split(session.layout, VALID_SPLIT)
     if len(train) < config.batch_size:
         raise TrainingSetupError(f"{TRAIN_SPLIT} has {len(train)} rows, fewer than one batch of "
                                  f"{config.batch_size}")
+    if valid.empty:  # no val_map5 to choose the best epoch by
+        raise TrainingSetupError(
+            f"{session.layout.split_dir / VALID_SPLIT} has no rows: the antibody validation split is empty "
+            "(every antibody has fewer than 4 HPAv18 images; an antibody gives a quarter of its images to "
+            "validation, spec 3.3), so no epoch can be chosen by validation MAP@5")
+    folder = run_folder(config)
+    finished = begin_run(config, session, folder, "val_map5", restart)
+    if finished is not None:
+        return finished
     classes = number_of_classes(session.layout)
     source = session.source(config)
     train_ds = training_dataset(session, pipeline.metric_dataset, source, train, config.batch_size,
@@ -156,7 +181,7 @@ def train_metric(config: MetricConfig, callbacks=(), progress: bool = True) -> d
     description = (f"training the {config.backbone} embedder on {classes} antibodies: {len(train)} train / "
                    f"{len(valid)} valid images of {session.layout.root} at {config.img_size} px, batch "
                    f"{config.batch_size}")
-    return fit_run(config, session, trainer, train_ds, valid_ds, run_folder(config), "val_map5", "max",
+    return fit_run(config, session, trainer, train_ds, valid_ds, folder, "val_map5", "max",
                    description, extra, progress)
 
 
@@ -168,8 +193,11 @@ def extract(config: MetricConfig, sets: list[str], weights: str = "best.weights.
     if unknown:
         raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
     config = dataclasses.replace(config, strategy="default")  # one device; the caller's config untouched
-    session = start_session(config, progress)
     folder = Path(folder) if folder is not None else run_folder(config)
+    if not (folder / weights).is_file():  # before any data work (the demo data may not exist yet)
+        raise TrainingSetupError(f"checkpoint {folder / weights} not found: train first "
+                                 "(python train_metric.py)")
+    session = start_session(config, progress)
     embedder = load_embedder(config, session.layout, folder / weights)
     written = []
     for name in sets:
