@@ -277,10 +277,15 @@ def test_truncated_zlib_tif_stops_a_pool_run_with_one_error(tiny_dataset, tmp_pa
     assert not _temporaries(root)
 
 
-def test_stray_temp_files_are_removed_by_a_rerun(prepared, tmp_path):
+def _prepared_copy(prepared, tmp_path) -> tuple[Path, DataLayout]:
+    """A copy of the prepared tiny dataset to damage, and its layout."""
     root = tmp_path / "tiny"
     shutil.copytree(prepared[0], root)
-    layout = DataLayout(root)
+    return root, DataLayout(root)
+
+
+def test_stray_temp_files_are_removed_by_a_rerun(prepared, tmp_path):
+    root, layout = _prepared_copy(prepared, tmp_path)
     image_id = _csv(root / "raw" / "train.csv")["Id"][0]
     cache = layout.kaggle_cache("train", image_id, "red", SIZE)
     stray = [cache.parent / f".{cache.name}.k3j_x9q2.tmp.png",  # left by a worker killed mid-write
@@ -376,9 +381,7 @@ def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monk
 
 def test_verifying_rerun_redoes_a_cache_png_corrupted_in_place(prepared, tmp_path):
     """A plain rerun checks sizes only (a stat per file, fast at real scale); --verify compares CRC-32s."""
-    root = tmp_path / "tiny"
-    shutil.copytree(prepared[0], root)
-    layout = DataLayout(root)
+    root, layout = _prepared_copy(prepared, tmp_path)
     image_id = _csv(root / "raw" / "train.csv")["Id"][3]
     damaged = layout.kaggle_cache("train", image_id, "blue", SIZE)
     image = {layout.kaggle_cache("train", image_id, c, SIZE) for c in COLORS}

@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from hpa_tf.config import ConfigError, classifier_config
-from hpa_tf.errors import InferenceError
+from hpa_tf.errors import ModelError
 from hpa_tf.inference.predict import load_run_model
 from hpa_tf.losses import classifier_loss
 from hpa_tf.metrics import macro_f1
@@ -262,12 +262,12 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     assert (folder / "log.csv").read_bytes() == log_bytes
     assert epoch_weights(folder, 3).stat().st_mtime_ns == last_written
 
-    # A checkpoint cut short is a named InferenceError, not h5py's traceback.
+    # A checkpoint cut short is a named ModelError, not h5py's traceback.
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     shutil.copy(folder / "config.json", damaged)
     (damaged / "best.weights.h5").write_bytes(best_weights[:len(best_weights) // 2])
-    with pytest.raises(InferenceError, match=re.escape(str(damaged / "best.weights.h5")) + ".*retrain"):
+    with pytest.raises(ModelError, match=re.escape(str(damaged / "best.weights.h5")) + ".*retrain"):
         load_run_model(damaged)
 
     # --restart deletes the run's files (not others') and trains anew: 2 epochs of the stretched schedule.

@@ -13,6 +13,7 @@ import tensorflow as tf
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.errors import InferenceError
+from hpa_tf.models.checkpoint import load_checkpoint
 from hpa_tf.models.classifier import build_classifier, load_stats
 
 COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
@@ -42,14 +43,7 @@ def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
     stats = DataLayout(config["data_dir"]).meta_dir / "stats.json"
     mean, std = load_stats(stats if stats.is_file() else None)
     model = build_classifier(config["backbone"], weights=None, large=config["large"], mean=mean, std=std)
-    try:
-        model.load_weights(checkpoint)
-    except (OSError, ValueError, KeyError) as error:  # h5py on a damaged file; Keras on other weights
-        raise InferenceError(f"checkpoint {checkpoint} does not load ({type(error).__name__}: {error}): "
-                             "it is damaged (e.g. cut short) or not this fold's; retrain the fold (python "
-                             "train_classifier.py --restart) or pick another checkpoint of the run "
-                             "(NNN.weights.h5)") from error
-    return model, config
+    return load_checkpoint(model, checkpoint, "python train_classifier.py --restart"), config
 
 
 def view_indices(seeds, views: list[str] | None = None) -> list[int]:

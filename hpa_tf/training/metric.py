@@ -18,8 +18,8 @@ from hpa_tf.config import MetricConfig, metric_config
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
-from hpa_tf.errors import ModelError
 from hpa_tf.losses import arcface_loss
+from hpa_tf.models.checkpoint import load_checkpoint
 from hpa_tf.models.metric import ArcMarginProduct, build_embedder
 from hpa_tf.training.loop import (
     Session,
@@ -70,14 +70,8 @@ def load_embedder(config: MetricConfig, layout, checkpoint: Path) -> keras.Model
     not load)."""
     if not checkpoint.is_file():
         raise TrainingSetupError(f"checkpoint {checkpoint} not found: train first (python train_metric.py)")
-    net = build_network(config, number_of_classes(layout))
-    try:
-        net.load_weights(checkpoint)
-    except (OSError, ValueError, KeyError) as error:  # h5py on a damaged file; Keras on other weights
-        raise ModelError(f"checkpoint {checkpoint} does not load ({type(error).__name__}: {error}): it is "
-                         "damaged (e.g. cut short) or not this run's; retrain (python train_metric.py "
-                         "--restart) or pick another checkpoint of the run (--checkpoint NNN.weights.h5)"
-                         ) from error
+    net = load_checkpoint(build_network(config, number_of_classes(layout)), checkpoint,
+                          "python train_metric.py --restart")
     return net.get_layer("embedder")
 
 
