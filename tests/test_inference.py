@@ -193,7 +193,9 @@ def test_infer_refuses_missing_or_mismatched_embeddings_and_changes_no_output(tr
     save_embeddings(bad / "embeddings_test.npz", np.zeros((2, 512)), ["x", "y"])
     save_embeddings(bad / "embeddings_ext.npz", np.zeros((2, 512)), ["x", "y"])
     assert infer.main([*base, "--metric-run", str(bad)]) == 2
-    assert "not the test Ids" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "not the test Ids" in captured.err
+    assert "TTA probabilities" not in captured.out  # refused before the long part
     assert infer.main([*base, "--run", "nothing"]) == 2
     assert "no trained fold" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in earlier} == earlier

@@ -80,8 +80,11 @@ def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: 
     return fold_probs, np.mean(fold_whole, axis=0)
 
 
-def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[str], targets: list[str]):
-    """Spec 10.5: targets replaced from the nearest HPAv18 image (cosine > threshold)."""
+def matching_embeddings(options: InferenceOptions, layout: DataLayout, ids: list[str]) -> dict:
+    """The metric run's test and HPAv18 embeddings (extracted first where missing or stale) and the
+    HPAv18 labels, checked before the long part: ids in sample_submission order, equal dimensions, every
+    HPAv18 id labelled, every value finite."""
+    ensure_embeddings(options.metric_run, ["test", "ext"], progress=options.progress)
     test_feats, test_ids = load_embeddings(options.metric_run / "embeddings_test.npz")
     ext_feats, ext_ids = load_embeddings(options.metric_run / "embeddings_ext.npz")
     if test_ids.tolist() != list(ids):
@@ -95,12 +98,18 @@ def neighbour_targets(options: InferenceOptions, layout: DataLayout, ids: list[s
     missing = [i for i in ext_ids if i not in corrected.index]
     if missing:
         raise InferenceError(f"embeddings_ext.npz has {len(missing)} ids without labels, e.g. {missing[0]}")
+    return {"test": test_feats, "ext": ext_feats, "ext_targets": corrected.loc[ext_ids].tolist()}
+
+
+def neighbour_targets(options: InferenceOptions, embeddings: dict, targets: list[str]):
+    """Spec 10.5: targets replaced from the nearest HPAv18 image (cosine > threshold)."""
+    test_feats, ext_feats = embeddings["test"], embeddings["ext"]
     index, reused = cached_index(options.metric_run / "embeddings_ext.npz", ext_feats,
                                  options.metric_run / "index_ext")
-    print(f"neighbour index of {len(ext_ids)} HPAv18 images {'reused from' if reused else 'saved to'} "
+    print(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
           f"{options.metric_run / 'index_ext'}", flush=True)
     best, cosine = match(test_feats, ext_feats, k=1, index=index)
-    return replace_labels(targets, best[:, 0], cosine[:, 0], corrected.loc[ext_ids].tolist(),
+    return replace_labels(targets, best[:, 0], cosine[:, 0], embeddings["ext_targets"],
                           options.match_threshold)
 
 
@@ -124,8 +133,9 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
     layout = DataLayout(data_dir)
     test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
     ids = test["Id"].tolist()
-    if options.metric_run is not None:  # before the long part: fails early, or extracts what is missing
-        ensure_embeddings(options.metric_run, ["test", "ext"], progress=options.progress)
+    embeddings = None  # before the long part: fails early, or extracts what is missing
+    if options.metric_run is not None:
+        embeddings = matching_embeddings(options, layout, ids)
     fold_probs, whole = ensemble_probabilities(options, layout, test)
     groups = duplicate_groups(ids, pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str))
     probs, whole = group_mean(np.mean(fold_probs, axis=0), groups), group_mean(whole, groups)
@@ -140,7 +150,7 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
         leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
         steps.append(("leak", leak_replace(ids, steps[-1][1], leak)[0]))
     if options.metric_run is not None:
-        steps.append(("neighbours", neighbour_targets(options, layout, ids, steps[-1][1])[0]))
+        steps.append(("neighbours", neighbour_targets(options, embeddings, steps[-1][1])[0]))
     # Every output at the end, each atomically: a failed step above leaves the previous run's files.
     output = Path(options.output)
     remove_temporaries(output.parent, output.stem)  # of a run killed while writing
