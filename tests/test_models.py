@@ -8,7 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from hpa_tf.models.backbones import BackboneError, adapt, application_names, backbone, source_model
+from hpa_tf.models.backbones import (
+    BackboneError,
+    adapt,
+    application_names,
+    backbone,
+    check_backbone,
+    source_model,
+)
 from hpa_tf.models.classifier import REFERENCE_MEAN, REFERENCE_STD, build_classifier, load_stats
 
 MINI = "densenet_1_1_1_1"
@@ -46,6 +53,13 @@ def test_adapter_on_torch_input_equals_the_source_on_its_own_preprocessing(adapt
     # DenseNet's weights take torch input as it is: no conversion layer at all
     has_layer = any(layer.name == "input_convention" for layer in model.layers)
     assert has_layer == (name not in (MINI, "densenet121"))
+
+
+@pytest.mark.parametrize("name", ["efficientnetb0", "efficientnetv2b0", "convnexttiny", "mobilenetv3small"])
+def test_families_that_normalise_inside_are_refused_with_the_reason(name):
+    """Their in-model per-channel normalisation would shift a Y input of 0: refused before any build."""
+    with pytest.raises(BackboneError, match=f"{name} normalises its input inside the model"):
+        check_backbone(name)
 
 
 def test_yellow_kernel_copies_the_slice_that_reads_red(adapted):

@@ -16,6 +16,7 @@ DenseNet); Y is scaled like red, without an offset, so that Y = 0 adds nothing.
 from __future__ import annotations
 
 import copy
+import importlib
 import re
 import types
 
@@ -55,6 +56,7 @@ def check_backbone(name: str, weights: str | None = None) -> None:
     if name not in apps:
         raise BackboneError(f"unknown backbone {name!r}; use densenet_A_B_C_D or one of: "
                             + ", ".join(sorted(apps)))
+    torch_to_source(name)  # refuses the families that normalise inside
 
 
 def source_model(name: str, weights: str | None = None) -> keras.Model:
@@ -80,6 +82,10 @@ def preprocess_function(name: str):
         if isinstance(module, types.ModuleType) and constructor in vars(module).values() \
                 and hasattr(module, "preprocess_input"):
             return module.preprocess_input
+    # Some public modules do not list their constructors (mobilenet_v3): the module that defines it.
+    defining = importlib.import_module(constructor.__module__) if constructor is not None else None
+    if hasattr(defining, "preprocess_input"):
+        return defining.preprocess_input
     raise BackboneError(f"no keras.applications module with preprocess_input holds {name!r}")
 
 
@@ -95,6 +101,11 @@ def torch_to_source(name: str, channels: int = 4) -> tuple[np.ndarray, np.ndarra
     probes[1:, 0, 0] = 255.0 * np.eye(3)
     out = np.asarray(preprocess(probes.copy()), np.float64).reshape(4, 3)
     bias_rgb, matrix = out[0], (out[1:] - out[0]) / 255.0  # matrix[i, j]: input channel i -> output j
+    if np.allclose(matrix, np.eye(3)) and np.allclose(bias_rgb, 0):
+        raise BackboneError(f"{name} normalises its input inside the model (its preprocess_input does "
+                            "nothing): that per-channel normalisation would give the Y input an offset, so "
+                            "a 4-channel stem is not built for it; use a family whose preprocessing is "
+                            "outside the model (densenet121, resnet50, inceptionv3, xception, ...)")
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     kernel = np.zeros((channels, channels))
     kernel[:3, :3] = 255.0 * std[:, None] * matrix
