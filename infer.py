@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -112,10 +110,10 @@ def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_d
     if args.gallery and not folds:
         print("note: no trained classifier fold (python train_classifier.py): galleries show no prediction")
     runs = [load_run_model(folder) for folder in folds] if args.gallery else []
-    thresholds = np.asarray(serving_record(args.output)["thresholds"]) if runs else None
+    serving = serving_record(args.output) if runs else None
     for image_id in args.gallery or []:
         query = curation.find_query(pool, metric_run, layout, image_id)
-        predicted = curation.predicted_labels(runs, layout, query, thresholds) if runs else None
+        predicted = curation.predicted_labels(runs, layout, query, serving) if runs else None
         path = curation.gallery(pool, query, layout, args.k, figures / f"gallery_{image_id}.png", predicted)
         print(f"gallery written to {path}")
     if args.noise_report:

@@ -127,17 +127,19 @@ def nearest_annotated(pool: AnnotatedPool, query: Query, k: int) -> tuple[np.nda
     return rows[0][keep][:k], cosines[0][keep][:k]
 
 
-def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, thresholds: np.ndarray
-                     ) -> list[int]:
+def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, serving: dict) -> list[int]:
     """The classifier's labels for one image from the fold runs' (model, config) pairs of
-    predict.load_run_model: 8-view TTA max per fold, fold mean, `thresholds` with the top-1 rule (as the
-    submission does, without the duplicate, leak and neighbour steps)."""
+    predict.load_run_model, computed as the exported model computes them: the views and TTA combination of
+    the `serving` record (submission.serving_record) per fold, fold mean, its thresholds with the top-1 rule
+    (the submission without the duplicate, leak and neighbour steps)."""
     frame = pd.DataFrame({"Id": [query.image_id], "External": [str(query.kaggle_split == "external")]})
     split = "test" if query.kaggle_split == "test" else "train"
     probs = []
     for model, config in runs:
         source = pipeline.Source(layout, config["img_size"], split, config["tfrecords"])
-        probs.append(tta_probabilities(model, source, frame, config["crop_size"], seeds=(0,)))
+        probs.append(tta_probabilities(model, source, frame, config["crop_size"], seeds=(0,),
+                                       combine=serving["combine"], views=serving["views"]))
+    thresholds = np.asarray(serving["thresholds"])
     return np.flatnonzero(apply_thresholds(np.mean(probs, axis=0), thresholds)[0]).tolist()
 
 
