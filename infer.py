@@ -24,8 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "without the top-1 rule, and per class, printed and written to --validation-csv")
     add("--validation-csv", default="validation.csv", help="where --validate writes its table")
     add("--sweep", action="store_true",
-        help="print the match-threshold sweep on the antibody val split (needs train_metric.py --extract "
-             "val train) to choose --match-threshold")
+        help="print the match-threshold sweep on the antibody val split (spec 10.4: each val HPAv18 image "
+             "against the antibody-train images; impostors: val images whose best image of another "
+             "antibody is above the threshold) and the threshold --match-threshold auto takes from it")
     add("--data-dir", default=None, help="prepared dataset root (default: the synthetic demo dataset)")
     add("--runs", default="runs", help="results root of train_classifier.py / train_metric.py")
     add("--run", default=None, help="classifier run name (default: demo, or i768 with --data-dir)")
@@ -45,7 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="metric-learning run folder (default RUNS/metric_demo or RUNS/metric_i768); its "
              "embeddings_test.npz / embeddings_ext.npz are extracted first when missing or older than its "
              "checkpoint; 'none' skips the replacement")
-    add("--match-threshold", type=float, default=0.65, help="replace labels when the best cosine is above")
+    add("--match-threshold", type=match_threshold, default="auto",
+        help="replace a test image's labels by its nearest HPAv18 image's when their cosine is above this; "
+             "auto (default): the lowest threshold of the antibody-val sweep (--sweep) at which at most "
+             "--impostor-rate of the val images find an image of another antibody above it (the original "
+             "used 0.65 for its own embedding)")
+    add("--impostor-rate", type=float, default=0.01,
+        help="with --match-threshold auto: the largest share of antibody-val images allowed to match another "
+             "antibody above the threshold")
+    add("--neighbour-k", type=int, default=3,
+        help="nearest HPAv18 images per test image in OUTPUT.neighbours.csv (the neighbour step's "
+             "evidence: Id, antibody, cosine, labels of each, labels before and after, replaced)")
     add("--output", default="submission.csv",
         help="submission file (written atomically); beside it OUTPUT.steps.csv (the labels after each step), "
              ".prob.npy, .thresholds.npy and .serving.json (what --export serves)")
@@ -75,6 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def match_threshold(value: str):
+    """--match-threshold: 'auto' or a cosine."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {value!r}") from None
+
+
 def trained_data_dir(folds: list[Path], metric_run: Path | None) -> str:
     """The dataset the classifier folds (else the metric run) were trained on."""
     runs = folds[:1] + ([metric_run] if metric_run else [])
@@ -94,6 +115,14 @@ def serving_record(output: str) -> dict:
     if not record["fitted"]:
         print(f"note: no {serving_path(output)} (python infer.py --submission): labels at 0.5, 8-view max")
     return record
+
+
+def gallery_command(args: argparse.Namespace, image_id: str) -> str:
+    """The command that draws `image_id`'s gallery with this run's data, runs and metric run."""
+    given = {name: getattr(args, name) for name in ("data_dir", "runs", "metric_run")}
+    flags = [f"--{name.replace('_', '-')} {value}" for name, value in given.items()
+             if value not in (None, "runs")]
+    return " ".join(["python infer.py --gallery", image_id, *flags])
 
 
 def curate(args: argparse.Namespace, folds: list[Path], metric_run: Path, data_dir: str) -> None:
@@ -138,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to do: pass --submission, --validate, --sweep, --export, --gallery or --noise-report "
               "(see --help)", file=sys.stderr)
         return 2
-    if args.k < 1 or args.noise_neighbours < 1:
-        print("error: --k and --noise-neighbours must be at least 1", file=sys.stderr)
+    if min(args.k, args.noise_neighbours, args.neighbour_k) < 1:
+        print("error: --k, --noise-neighbours and --neighbour-k must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 < args.impostor_rate < 1:
+        print(f"error: --impostor-rate must lie between 0 and 1, got {args.impostor_rate}", file=sys.stderr)
         return 2
     from hpa_tf.errors import USER_ERRORS
     from hpa_tf.inference.submission import (
@@ -147,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         InferenceOptions,
         class_counts,
         make_submission,
-        validation_sweep,
+        neighbours_path,
     )
 
     demo = args.data_dir is None
@@ -165,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             if metric_run is None:
                 raise InferenceError("--sweep needs a metric run (--metric-run)")
-            print(validation_sweep(metric_run, data_dir).round(4).to_string(index=False))
+            from hpa_tf.inference import match_threshold as auto
+
+            sweep = auto.run_sweep(metric_run, data_dir, progress=not args.quiet)
+            print(auto.changes(sweep).round(4).to_string(index=False))
+            print(auto.choose(sweep, args.impostor_rate).describe())
         seeds = tuple(args.seeds or ((0,) if demo else (0, 1, 2, 3)))
         if args.validate:
             from hpa_tf.inference.validation import validate
@@ -179,13 +215,19 @@ def main(argv: list[str] | None = None) -> int:
             options = InferenceOptions(folds=[str(f) for f in folds], output=Path(args.output), seeds=seeds,
                                        views=args.views, combine=args.tta, ratio_source=args.ratios,
                                        leak=not args.no_leak, metric_run=metric_run,
-                                       match_threshold=args.match_threshold, batch_size=args.batch_size,
-                                       progress=not args.quiet)
+                                       match_threshold=args.match_threshold,
+                                       impostor_rate=args.impostor_rate, neighbour_k=args.neighbour_k,
+                                       batch_size=args.batch_size, progress=not args.quiet)
             result = make_submission(options, data_dir)
             print(class_counts(result["steps"]).to_string())
             for name, score in result["scores"].items():
                 print(f"macro-F1 after {name}: {score:.4f}")
             print(f"submission written to {args.output}")
+            if result["neighbours"] is not None:
+                replaced = result["neighbours"].query("replaced")["Id"].tolist()
+                print(f"neighbour evidence written to {neighbours_path(args.output)} ({len(replaced)} "
+                      "replaced)" + (f"; a replaced image's gallery: {gallery_command(args, replaced[0])}"
+                                     if replaced else ""))
         if args.export:
             from hpa_tf.export import export_runs
 

@@ -92,3 +92,17 @@ def nearest_neighbour_accuracy(query_feats, query_labels, reference_feats, refer
     same label: the original's check of the metric model (spec 10.4 'val' mode, same antibody)."""
     best, _ = exact_neighbours(matching_space(query_feats), matching_space(reference_feats), k=1)
     return float(np.mean(np.asarray(reference_labels)[best[:, 0]] == np.asarray(query_labels)))
+
+
+def best_cosine_elsewhere(queries: np.ndarray, query_groups, references: np.ndarray, reference_groups,
+                          chunk: int = 1024) -> np.ndarray:
+    """[Q] best cosine of each query to a reference of another group (-inf when there is none), both
+    inputs in matching space: how close an image comes to the references when its own antibody is not
+    among them."""
+    query_groups, reference_groups = np.asarray(query_groups), np.asarray(reference_groups)
+    best = np.empty(len(queries), dtype=np.float32)
+    for start in range(0, len(queries), chunk):
+        sims = queries[start:start + chunk] @ references.T
+        same = query_groups[start:start + chunk, None] == reference_groups[None, :]
+        best[start:start + chunk] = np.where(same, -np.inf, sims).max(axis=1, initial=-np.inf)
+    return best

@@ -110,6 +110,7 @@ def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     for step in ("cnn@0.5", "thresholds", "leak", "neighbours"):
         assert f"macro-F1 after {step}:" in printed
+    _check_evidence(root, out / "metric_demo", output, printed)
     submission = pd.read_csv(output, dtype=str, keep_default_na=False)
     sample = pd.read_csv(DataLayout(root).sample_submission_csv, dtype=str)
     assert submission["Id"].tolist() == sample["Id"].tolist()
@@ -135,6 +136,44 @@ def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
     np.testing.assert_allclose(probs[alone], np.mean(folds, axis=0)[alone], rtol=1e-6)
 
 
+def _check_evidence(root, metric_run, output, printed: str) -> None:
+    """OUTPUT.neighbours.csv against brute force: each test image's 3 most cosine-similar HPAv18 images
+    (each set standardised on its own, spec 10.4) with their antibody and corrected labels, the labels of
+    the leak and neighbour steps, replaced where the best cosine is above the printed auto threshold."""
+    from sklearn.preprocessing import normalize, scale
+
+    evidence = pd.read_csv(output.with_suffix(".neighbours.csv"), dtype=str, keep_default_na=False)
+    steps = pd.read_csv(output.with_suffix(".steps.csv"), dtype=str, keep_default_na=False)
+    test, test_ids = load_embeddings(metric_run / "embeddings_test.npz")
+    ext, ext_ids = load_embeddings(metric_run / "embeddings_ext.npz")
+    sims = normalize(scale(test.astype(np.float64))) @ normalize(scale(ext.astype(np.float64))).T
+    top = np.argsort(-sims, axis=1)[:, :3]
+    meta = pd.read_csv(DataLayout(root).meta_dir / "external_antibody_correct_meta.csv", dtype=str,
+                       keep_default_na=False).set_index("Id")
+    assert evidence["Id"].tolist() == test_ids.tolist() == steps["Id"].tolist()
+    for r in range(3):
+        chosen = ext_ids[top[:, r]]
+        assert evidence[f"top{r + 1}"].tolist() == chosen.tolist()
+        np.testing.assert_allclose(evidence[f"top{r + 1}_cosine"].astype(float),
+                                   np.take_along_axis(sims, top[:, r:r + 1], axis=1)[:, 0], atol=1e-4)
+        assert evidence[f"top{r + 1}_antibody"].tolist() == meta.loc[chosen, "antibody"].tolist()
+        assert [parse_target(t) for t in evidence[f"top{r + 1}_labels"]] == \
+            [parse_target(t) for t in meta.loc[chosen, "Target"]]
+    line = next(line for line in printed.splitlines() if line.startswith("match threshold auto:"))
+    threshold = float(evidence["threshold"].iloc[0])
+    assert (f"auto: {threshold:.2f} " in line) if np.isfinite(threshold) else ("no replacement" in line)
+    replaced = sims.max(axis=1) > threshold
+    assert evidence["replaced"].tolist() == [str(v) for v in replaced]
+    assert [parse_target(t) for t in evidence["before"]] == [parse_target(t) for t in steps["leak"]]
+    assert [parse_target(t) for t in evidence["after"]] == [parse_target(t) for t in steps["neighbours"]]
+    best_labels = meta.loc[ext_ids[top[:, 0]], "Target"].tolist()
+    for row, hit in enumerate(replaced):
+        want = best_labels[row] if hit else steps["leak"].iloc[row]
+        assert parse_target(evidence["after"].iloc[row]) == parse_target(want)
+    assert f"neighbour evidence written to {output.with_suffix('.neighbours.csv')} ({replaced.sum()} " \
+           "replaced)" in printed
+
+
 def _outside_duplicate_groups(root, ids: list[str]) -> np.ndarray:
     """Mask of the ids in no test<->test duplicate pair (their group mean is themselves)."""
     pairs = pd.read_csv(DataLayout(root).meta_dir / "test_match_test.csv", dtype=str)
@@ -155,10 +194,14 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     for name in ("config.json", "best.weights.h5"):
         shutil.copy(out / "metric_demo" / name, metric / name)
     base = ["--submission", "--runs", str(out), "--folds", "0", "--metric-run", str(metric), "--quiet",
-            "--output", str(tmp_path / "submission.csv")]
+            "--output", str(tmp_path / "submission.csv"), "--match-threshold", "0.3", "--neighbour-k", "2"]
     assert infer.main(base) == 0
     printed = capsys.readouterr().out
     assert "extracting embeddings test, ext" in printed and "saved to" in printed
+    assert "match threshold auto" not in printed  # a number overrides the choice
+    evidence = pd.read_csv(tmp_path / "submission.neighbours.csv")
+    assert (evidence["threshold"] == 0.3).all() and "top2" in evidence and "top3" not in evidence
+    assert (evidence["replaced"] == (evidence["top1_cosine"] > 0.3)).all()
     for name in ("test", "ext"):
         with np.load(metric / f"embeddings_{name}.npz") as new, \
                 np.load(out / "metric_demo" / f"embeddings_{name}.npz") as reference:
@@ -173,8 +216,8 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     assert f"saved to {metric / 'index_ext'}" in capsys.readouterr().out
 
 
-OUTPUT_SUFFIXES = (".csv", ".steps.csv", ".prob.npy", ".prob_ids.csv", ".thresholds.npy", ".serving.json",
-                   ".fold0.prob.npy", ".fold1.prob.npy")
+OUTPUT_SUFFIXES = (".csv", ".steps.csv", ".neighbours.csv", ".prob.npy", ".prob_ids.csv", ".thresholds.npy",
+                   ".serving.json", ".fold0.prob.npy", ".fold1.prob.npy")
 
 
 def test_infer_refuses_missing_or_mismatched_embeddings_and_changes_no_output(trained_runs, tmp_path, capsys):
@@ -226,19 +269,6 @@ def test_infer_validate_scores_the_out_of_fold_predictions(trained_runs, tmp_pat
     assert len(table) == 30 and table.index[0] == "Nucleoplasm"
     assert infer.main(["--validate", "--runs", str(out), "--run", "nothing"]) == 2
     assert "no trained fold" in capsys.readouterr().err
-
-
-def test_infer_sweep_prints_the_val_table(trained_runs, capsys):
-    root, out = trained_runs
-    args = ["--sweep", "--data-dir", str(root), "--runs", str(out), "--run", "demo",
-            "--metric-run", str(out / "metric_demo")]
-    assert infer.main(args) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["threshold", "selected", "matched", "correct", "accuracy", "recall", "f1"]
-    table = [line.split() for line in lines[1:]]
-    assert [float(row[0]) for row in table] == pytest.approx(np.arange(0.60, 0.80, 0.01), abs=1e-9)
-    selected = [int(row[1]) for row in table]
-    assert selected == sorted(selected, reverse=True)  # a higher threshold selects fewer images
 
 
 def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hpa_tf.atomic import write_json_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
 from hpa_tf.errors import InferenceError
+from hpa_tf.labels import format_target, parse_target
 
 # Reference sets smaller than this are searched exactly: brute force is fast there, and the tree's default
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
@@ -137,10 +139,11 @@ SWEEP = np.arange(0.60, 0.80, 0.01)  # the thresholds the reference printed
 
 
 def threshold_sweep(best_cosine: np.ndarray, same_antibody: np.ndarray, same_target: np.ndarray,
-                    thresholds=SWEEP) -> list[dict]:
+                    thresholds=SWEEP, elsewhere: np.ndarray | None = None) -> list[dict]:
     """What the reference printed per threshold on val (spec 10.4): queries selected (cosine > t),
     matches of the same antibody, correct label sets, acc = correct / selected, recall = correct / all
-    queries, and their F1."""
+    queries, and their F1; with `elsewhere` (each query's best cosine to another antibody) also the
+    impostors above t and their share of all queries."""
     rows = []
     for t in thresholds:
         selected = np.asarray(best_cosine) > t
@@ -148,7 +151,29 @@ def threshold_sweep(best_cosine: np.ndarray, same_antibody: np.ndarray, same_tar
         accuracy = correct / count if count else 0.0
         recall = correct / len(selected) if len(selected) else 0.0
         f1 = 2 * accuracy * recall / (accuracy + recall) if accuracy + recall else 0.0
-        rows.append({"threshold": round(float(t), 2), "selected": count,
-                     "matched": int((selected & same_antibody).sum()), "correct": correct,
-                     "accuracy": accuracy, "recall": recall, "f1": f1})
+        row = {"threshold": round(float(t), 2), "selected": count,
+               "matched": int((selected & same_antibody).sum()), "correct": correct,
+               "accuracy": accuracy, "recall": recall, "f1": f1}
+        if elsewhere is not None:
+            impostors = int((np.asarray(elsewhere) > t).sum())
+            row.update(impostors=impostors, impostor_rate=impostors / len(selected) if len(selected) else 0.0)
+        rows.append(row)
     return rows
+
+
+def evidence_table(query_ids, before: list[str], after: list[str], replaced: np.ndarray,
+                   indices: np.ndarray, cosines: np.ndarray, references: pd.DataFrame,
+                   threshold: float) -> pd.DataFrame:
+    """OUTPUT.neighbours.csv: per query its labels before and after the step, whether they were replaced
+    and at which threshold, then its k nearest references best first (`top{r}`: Id, antibody, cosine,
+    labels; `references` holds Id, antibody, Target in index order)."""
+    table = {"Id": list(query_ids), "before": [format_target(parse_target(t)) for t in before],
+             "after": [format_target(parse_target(t)) for t in after],
+             "replaced": np.asarray(replaced, dtype=bool), "threshold": threshold}
+    for r in range(indices.shape[1]):
+        rows = references.iloc[indices[:, r]]
+        table[f"top{r + 1}"] = rows["Id"].to_numpy()
+        table[f"top{r + 1}_antibody"] = rows["antibody"].to_numpy()
+        table[f"top{r + 1}_cosine"] = np.round(cosines[:, r].astype(np.float64), 6)
+        table[f"top{r + 1}_labels"] = [format_target(parse_target(t)) for t in rows["Target"]]
+    return pd.DataFrame(table)

@@ -15,7 +15,8 @@ from hpa_tf.atomic import remove_temporaries, save_npy_atomic, write_csv_atomic,
 from hpa_tf.data import pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
-from hpa_tf.inference.neighbors import cached_index, match, replace_labels, threshold_sweep
+from hpa_tf.inference.match_threshold import AUTO, IMPOSTOR_RATE, choose, val_sweep
+from hpa_tf.inference.neighbors import cached_index, evidence_table, match, replace_labels
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import (
     COMBINE_NUMPY,
@@ -43,7 +44,9 @@ class InferenceOptions:
     ratio_source: str = "train"
     leak: bool = True
     metric_run: Path | None = None  # folder with embeddings_test.npz and embeddings_ext.npz
-    match_threshold: float = 0.65
+    match_threshold: float | str = AUTO  # a cosine, or chosen on the antibody val split
+    impostor_rate: float = IMPOSTOR_RATE  # what `auto` allows
+    neighbour_k: int = 3  # nearest HPAv18 images per test image in OUTPUT.neighbours.csv
     batch_size: int = 4
     progress: bool = True  # progress bars of an embedding extraction
 
@@ -94,23 +97,45 @@ def matching_embeddings(options: InferenceOptions, layout: DataLayout, ids: list
         raise InferenceError(f"embedding dimensions differ: test {test_feats.shape[1]}, "
                              f"ext {ext_feats.shape[1]}")
     corrected = pd.read_csv(layout.meta_dir / "external_antibody_correct_meta.csv", dtype=str,
-                            keep_default_na=False).set_index("Id")["Target"]
+                            keep_default_na=False).set_index("Id")
     missing = [i for i in ext_ids if i not in corrected.index]
     if missing:
         raise InferenceError(f"embeddings_ext.npz has {len(missing)} ids without labels, e.g. {missing[0]}")
-    return {"test": test_feats, "ext": ext_feats, "ext_targets": corrected.loc[ext_ids].tolist()}
+    return {"test": test_feats, "ext": ext_feats, "ext_ids": ext_ids,
+            "ext_meta": corrected.loc[ext_ids, ["antibody", "Target"]].reset_index()}
 
 
-def neighbour_targets(options: InferenceOptions, embeddings: dict, targets: list[str]):
-    """Spec 10.5: targets replaced from the nearest HPAv18 image (cosine > threshold)."""
+def match_threshold(options: InferenceOptions, layout: DataLayout, embeddings: dict) -> float:
+    """The neighbour step's cosine threshold: --match-threshold as given, or (auto) chosen on the antibody
+    val sweep of these embeddings and printed with the sweep row it came from."""
+    if options.match_threshold != AUTO:
+        return float(options.match_threshold)
+    choice = choose(val_sweep(embeddings["ext"], embeddings["ext_ids"], layout), options.impostor_rate)
+    print(choice.describe(), flush=True)
+    return choice.threshold
+
+
+def neighbour_step(options: InferenceOptions, embeddings: dict, ids: list[str], before: list[str],
+                   threshold: float) -> tuple[list[str], pd.DataFrame]:
+    """Spec 10.5: label sets replaced from the nearest HPAv18 image where its cosine is above `threshold`;
+    returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
     test_feats, ext_feats = embeddings["test"], embeddings["ext"]
     index, reused = cached_index(options.metric_run / "embeddings_ext.npz", ext_feats,
                                  options.metric_run / "index_ext")
     print(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
           f"{options.metric_run / 'index_ext'}", flush=True)
-    best, cosine = match(test_feats, ext_feats, k=1, index=index)
-    return replace_labels(targets, best[:, 0], cosine[:, 0], embeddings["ext_targets"],
-                          options.match_threshold)
+    indices, cosines = match(test_feats, ext_feats, k=options.neighbour_k, index=index)
+    references = embeddings["ext_meta"]
+    after, replaced = replace_labels(before, indices[:, 0], cosines[:, 0], references["Target"].tolist(),
+                                     threshold)
+    print(f"neighbours: {int(replaced.sum())} of {len(ids)} label sets replaced (best cosine > "
+          f"{threshold:.2f})", flush=True)
+    return after, evidence_table(ids, before, after, replaced, indices, cosines, references, threshold)
+
+
+def neighbours_path(output: str | Path) -> Path:
+    """OUTPUT.neighbours.csv: the neighbour step's evidence (nearest HPAv18 images, labels before/after)."""
+    return Path(output).with_suffix(".neighbours.csv")
 
 
 def serving_path(output: str | Path) -> Path:
@@ -127,15 +152,17 @@ def serving_record(output: str | Path) -> dict:
 
 
 def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
-    """Run every step, write the submission, OUTPUT.steps.csv (the labels after each step) and
-    OUTPUT.serving.json, and return {step name: targets}, plus macro-F1 per step where the truth is known
-    (the synthetic test_truth.csv)."""
+    """Run every step, write the submission, OUTPUT.steps.csv (the labels after each step),
+    OUTPUT.neighbours.csv (the neighbour step's evidence) and OUTPUT.serving.json; return the steps
+    [(name, targets)], macro-F1 per step where the truth is known (the synthetic test_truth.csv), the
+    thresholds, the match threshold and the evidence table (None without a metric run)."""
     layout = DataLayout(data_dir)
     test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
     ids = test["Id"].tolist()
-    embeddings = None  # before the long part: fails early, or extracts what is missing
+    embeddings = threshold = None  # before the long part: fails early, or extracts what is missing
     if options.metric_run is not None:
         embeddings = matching_embeddings(options, layout, ids)
+        threshold = match_threshold(options, layout, embeddings)
     fold_probs, whole = ensemble_probabilities(options, layout, test)
     groups = duplicate_groups(ids, pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str))
     probs, whole = group_mean(np.mean(fold_probs, axis=0), groups), group_mean(whole, groups)
@@ -149,8 +176,10 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
     if options.leak:
         leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
         steps.append(("leak", leak_replace(ids, steps[-1][1], leak)[0]))
+    evidence = None
     if options.metric_run is not None:
-        steps.append(("neighbours", neighbour_targets(options, embeddings, steps[-1][1])[0]))
+        targets, evidence = neighbour_step(options, embeddings, ids, steps[-1][1], threshold)
+        steps.append(("neighbours", targets))
     # Every output at the end, each atomically: a failed step above leaves the previous run's files.
     output = Path(options.output)
     remove_temporaries(output.parent, output.stem)  # of a run killed while writing
@@ -163,38 +192,20 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
                        "ratios": options.ratio_source, "fitted": True}, serving_path(output))
     labels_per_step = {name: [format_target(parse_target(t)) for t in targets] for name, targets in steps}
     write_csv_atomic(pd.DataFrame({"Id": ids, **labels_per_step}), output.with_suffix(".steps.csv"))
+    if evidence is not None:
+        write_csv_atomic(evidence, neighbours_path(output))
+    else:  # no neighbour step: an earlier run's evidence would not describe this submission
+        neighbours_path(output).unlink(missing_ok=True)
     write_submission(output, ids, steps[-1][1])  # last: its presence means the others are this run's
     scores = {}
     if layout.test_truth_csv.is_file():
         truth = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False).set_index("Id")
         truth_matrix = targets_to_matrix(truth.loc[ids, "Target"])
         scores = {name: macro_f1(truth_matrix, targets_to_matrix(targets)) for name, targets in steps}
-    return {"steps": steps, "scores": scores, "thresholds": thresholds}
+    return {"steps": steps, "scores": scores, "thresholds": thresholds, "match_threshold": threshold,
+            "neighbours": evidence}
 
 
 def multihot_targets(labels: np.ndarray) -> list[str]:
     """Target strings of binary [N, 28] rows."""
     return [multihot_to_target(row) for row in labels]
-
-
-def validation_sweep(metric_run: Path, data_dir: str | Path) -> pd.DataFrame:
-    """Spec 10.4 'val' mode: each antibody-val image matched to its nearest antibody-train image, and per
-    threshold the images selected, matched (same antibody), correct (same label set), accuracy, recall
-    and F1: the table to choose --match-threshold from. Needs embeddings_val / embeddings_train."""
-    split_dir = DataLayout(data_dir).split_dir
-    sets = {}
-    for name, split in (("val", "external_validset_antibody_split.csv"),
-                        ("train", "external_trainset_antibody_split.csv")):
-        feats, ids = load_embeddings(Path(metric_run) / f"embeddings_{name}.npz")
-        frame = pd.read_csv(split_dir / split, dtype=str, keep_default_na=False).set_index("Id")
-        missing = [i for i in ids if i not in frame.index]
-        if missing:
-            raise InferenceError(f"embeddings_{name}.npz holds ids not in {split}, e.g. {missing[0]}")
-        sets[name] = (feats, frame.loc[ids])
-    (val_feats, val), (train_feats, train) = sets["val"], sets["train"]
-    best, cosine = match(val_feats, train_feats, k=1)
-    nearest = train.iloc[best[:, 0]]
-    same_antibody = val["antibody_code"].to_numpy() == nearest["antibody_code"].to_numpy()
-    same_target = np.array([parse_target(a) == parse_target(b)
-                            for a, b in zip(val["Target"], nearest["Target"], strict=True)])
-    return pd.DataFrame(threshold_sweep(cosine[:, 0], same_antibody, same_target))
