@@ -126,7 +126,7 @@ def cached_index(embeddings_path: str | Path, reference_feats: np.ndarray, folde
 
 
 def replace_labels(predicted: list[str], best_reference: np.ndarray, best_cosine: np.ndarray,
-                   reference_targets: list[str], threshold: float = 0.65) -> tuple[list[str], np.ndarray]:
+                   reference_targets: list[str], threshold: float) -> tuple[list[str], np.ndarray]:
     """Spec 10.5: where the best cosine is strictly above `threshold`, the whole predicted label set is
     replaced by the matched reference image's; returns (new targets, mask of replaced rows)."""
     replaced = np.asarray(best_cosine) > threshold
