@@ -28,6 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra 2x2/2 max-pool after the stem (the 1536 px model)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crop / validation resize side")
     parser.add_argument("--dropout", type=float, default=None, help="rate of the two head dropouts")
+    parser.add_argument("--device-augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="cut, resize and flip the crops on the accelerator inside the training step "
+                             "(the same random draws); the CPU only reads and batches uint8 images. With "
+                             "--tfrecords, the recommended setting for real data on GPU hosts")
     add_run_arguments(parser)
     return parser.parse_args(argv)
 

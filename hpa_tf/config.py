@@ -68,6 +68,7 @@ class ClassifierConfig(RunConfig):
     large: bool = False
     crop_size: int = 512
     dropout: float = 0.5
+    device_augment: bool = False  # crops, resize and dihedral transform in the training step
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [

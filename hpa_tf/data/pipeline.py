@@ -36,6 +36,7 @@ DIHEDRAL = {
     "flipud_lr_transpose": (True, True, True),
 }
 _FLAGS = tf.constant(list(DIHEDRAL.values()), dtype=tf.bool)  # [8, 3]
+IMAGES, PLANS = "images", "plans"  # the inputs of an on-device batch (device_augment.apply_plans)
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,13 @@ def _per_replica(batch_size: int, input_context: tf.distribute.InputContext | No
 
 
 def train_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_size: int, seed: int = 0,
-                  deterministic: bool = True,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                  deterministic: bool = True, input_context: tf.distribute.InputContext | None = None,
+                  on_device: bool = False) -> tf.data.Dataset:
     """Classifier training (spec 5.1, 5.2): shuffled, random-scale crop resized to crop_size, one of
     the 8 dihedral transforms uniformly; batches (images [B, crop, crop, 4], labels [B, 28]) with
-    drop_remainder. batch_size is global; under a strategy each replica gets its share."""
+    drop_remainder. batch_size is global; under a strategy each replica gets its share. `on_device`:
+    batches ({IMAGES: uint8 cache images, PLANS: [row, col, side, k]}, labels), the same draws,
+    for device_augment.apply_plans inside the training step."""
     img_size = source.img_size
     images = _images(source, frame, frame_labels(frame), input_context, shuffle_seed=seed)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -236,6 +239,8 @@ def train_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_siz
         image, label, _ = example
         window = crop_window(_augment_seed(pair, 0), img_size, crop_size)
         k = tf.random.stateless_uniform([], _augment_seed(pair, 1), 0, 8, dtype=tf.int32)
+        if on_device:
+            return {IMAGES: image, PLANS: tf.concat([window, k[None]], axis=0)}, label
         return dihedral(crop_and_resize(image, window, crop_size), k), label
 
     ds = tf.data.Dataset.zip((images, seeds)).map(augment, num_parallel_calls=AUTOTUNE)
@@ -244,12 +249,18 @@ def train_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_siz
 
 
 def valid_dataset(source: Source, frame: pd.DataFrame, crop_size: int, batch_size: int,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                  input_context: tf.distribute.InputContext | None = None,
+                  on_device: bool = False) -> tf.data.Dataset:
     """Validation (spec 5.1): the whole image resized to crop_size, no augmentation, every row once, in
-    frame order for files (shard order for TFRecords); batches (images, labels)."""
+    frame order for files (shard order for TFRecords); batches (images, labels). `on_device`: the whole
+    image as the plan's window, resized in the step (see train_dataset)."""
     images = _images(source, frame, frame_labels(frame), input_context)
-    ds = images.map(lambda image, label, _: (whole_image(image, crop_size), label),
-                    num_parallel_calls=AUTOTUNE)
+    whole = tf.constant([0, 0, source.img_size, 0], tf.int32)
+    if on_device:
+        ds = images.map(lambda image, label, _: ({IMAGES: image, PLANS: whole}, label))
+    else:
+        ds = images.map(lambda image, label, _: (whole_image(image, crop_size), label),
+                        num_parallel_calls=AUTOTUNE)
     return ds.batch(_per_replica(batch_size, input_context)).prefetch(AUTOTUNE).with_options(_options(True))
 
 

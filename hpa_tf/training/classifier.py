@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from hpa_tf.config import SPLITS, ClassifierConfig
-from hpa_tf.data import pipeline
+from hpa_tf.data import device_augment, pipeline
 from hpa_tf.data.layout import DataLayout
 from hpa_tf.losses import classifier_loss
 from hpa_tf.models.classifier import build_classifier, load_stats
@@ -41,8 +42,13 @@ def build_trainer(config: ClassifierConfig, layout: DataLayout) -> GlobalBatchTr
     mean, std = load_stats(stats if stats.is_file() else None)
     net = build_classifier(config.backbone, weights=config.weights, large=config.large, mean=mean, std=std,
                            dropout=config.dropout, sync_bn=config.sync_bn)
+    prepare = None
+    if config.device_augment:
+        prepare = functools.partial(device_augment.apply_plans, img_size=config.img_size,
+                                    crop_size=config.crop_size)
     trainer = GlobalBatchTrainer(net, classifier_loss, clipnorm=config.clipnorm,
-                                 eval_metrics=[SplitFocalLoss(), SplitMacroF1(), ElementAccuracy()])
+                                 eval_metrics=[SplitFocalLoss(), SplitMacroF1(), ElementAccuracy()],
+                                 prepare=prepare)
     trainer.compile(adam(config), jit_compile=config.jit)
     return trainer
 
@@ -63,9 +69,10 @@ def train_classifier(config: ClassifierConfig, callbacks=(), progress: bool = Tr
         return finished
     source = session.source(config)
     train_ds = training_dataset(session, pipeline.train_dataset, source, train, config.crop_size,
-                                config.batch_size, seed=config.seed)
+                                config.batch_size, seed=config.seed, on_device=config.device_augment)
     # Validation stays one global-batch pipeline: Keras splits its batches, the last one included.
-    valid_ds = pipeline.valid_dataset(source, valid, config.crop_size, config.batch_size)
+    valid_ds = pipeline.valid_dataset(source, valid, config.crop_size, config.batch_size,
+                                      on_device=config.device_augment)
     with session.strategy.scope():
         trainer = build_trainer(config, session.layout)
     description = (f"training {config.backbone} fold {config.fold}: {len(train)} train / {len(valid)} valid "

@@ -62,12 +62,14 @@ class GlobalBatchTrainer(keras.Model):
     global norm of `clipnorm`; evaluation updates `eval_metrics` (y_true, logits) on every batch.
 
     gather=False computes the loss on each replica's batch instead: right for a per-sample mean such as
-    ArcFace (the mean of equal-sized replica means is the global mean) and cheaper for wide outputs."""
+    ArcFace (the mean of equal-sized replica means is the global mean) and cheaper for wide outputs.
+    `prepare` turns a batch's inputs into the network's images on the device (on-device augmentation)."""
 
     def __init__(self, net: keras.Model, loss_fn, clipnorm: float | None = 1.0, eval_metrics=(),
-                 gather: bool = True, **kwargs):
+                 gather: bool = True, prepare=None, **kwargs):
         super().__init__(**kwargs)
         self.net = net
+        self.prepare = prepare or (lambda inputs: inputs)
         self.loss_fn = loss_fn
         self.clipnorm = clipnorm
         self.gather = gather
@@ -115,20 +117,21 @@ class GlobalBatchTrainer(keras.Model):
         return loss, grads
 
     def train_step(self, data):
-        images, labels = data
+        inputs, labels = data
+        images = self.prepare(inputs)
         loss, grads = self.global_gradients(images, labels)
         self.optimizer.apply(grads, self.net.trainable_variables)
         self.loss_tracker.update_state(loss)
         return _step_logs([self.loss_tracker])
 
     def test_step(self, data):
-        images, labels = data
-        logits = self.net(images, training=False)
+        inputs, labels = data
+        logits = self.net(self.prepare(inputs), training=False)
         self.loss_tracker.update_state(self.loss_fn(labels, logits))
         for metric in self.eval_metrics:
             metric.update_state(labels, logits)
         return _step_logs(self.metrics)
 
     def predict_step(self, data):
-        images = data[0] if isinstance(data, tuple) else data
-        return self.net(images, training=False)
+        inputs = data[0] if isinstance(data, tuple) else data
+        return self.net(self.prepare(inputs), training=False)
