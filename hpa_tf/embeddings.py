@@ -71,20 +71,47 @@ def matching_space(feats: np.ndarray) -> np.ndarray:
     return l2_normalize(standardize_columns(feats))
 
 
-def exact_neighbours(queries: np.ndarray, references: np.ndarray, k: int = 1, chunk: int = 4096
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(indices [Q, k], cosines [Q, k]) of the k most similar reference rows by brute force, best first;
-    both inputs already in matching space (unit rows)."""
+def exact_neighbours(queries: np.ndarray, references: np.ndarray, k: int = 1, chunk: int = 256,
+                     block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [Q, k], cosines [Q, k]) of the k most similar reference rows by brute force, best first
+    (ties: the lower index), both inputs in matching space (unit rows). Scores are computed `chunk`
+    queries x `block` references at a time and merged into a running top-k, so memory stays bounded and
+    k = 1 costs an arg-max instead of a partition."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    references = np.ascontiguousarray(references, dtype=np.float32)
     k = min(k, len(references))
     indices = np.empty((len(queries), k), dtype=np.int64)
     scores = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), chunk):
-        sims = queries[start:start + chunk] @ references.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        indices[start:start + chunk] = np.take_along_axis(top, order, axis=1)
-        scores[start:start + chunk] = np.take_along_axis(sims, indices[start:start + chunk], axis=1)
+        rows = slice(start, start + chunk)
+        best_index, best_score = _running_top(queries[rows], references, k, block)
+        order = np.lexsort((best_index, -best_score), axis=-1) if k > 1 else np.zeros_like(best_index)
+        indices[rows] = np.take_along_axis(best_index, order, axis=1)
+        scores[rows] = np.take_along_axis(best_score, order, axis=1)
     return indices, scores
+
+
+def _running_top(queries: np.ndarray, references: np.ndarray, k: int, block: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [q, k], scores [q, k]) of the k best references per query, unordered for k > 1."""
+    best_index = np.zeros((len(queries), k), dtype=np.int64)
+    best_score = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for offset in range(0, len(references), block):
+        sims = queries @ references[offset:offset + block].T
+        if k == 1:
+            top = sims.argmax(axis=1)[:, None]
+            better = np.take_along_axis(sims, top, axis=1) > best_score  # strict: earlier rows win ties
+            best_index = np.where(better, top + offset, best_index)
+            best_score = np.where(better, np.take_along_axis(sims, top, axis=1), best_score)
+            continue
+        kk = min(k, sims.shape[1])
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        candidates = np.concatenate([best_index, top + offset], axis=1)
+        candidate_scores = np.concatenate([best_score, np.take_along_axis(sims, top, axis=1)], axis=1)
+        keep = np.lexsort((candidates, -candidate_scores), axis=-1)[:, :k]
+        best_index = np.take_along_axis(candidates, keep, axis=1)
+        best_score = np.take_along_axis(candidate_scores, keep, axis=1)
+    return best_index, best_score
 
 
 def nearest_neighbour_accuracy(query_feats, query_labels, reference_feats, reference_labels) -> float:

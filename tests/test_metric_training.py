@@ -81,10 +81,14 @@ def test_standardisation_matches_sklearn_scale_and_neighbours_match_brute_force(
     feats[:, 2] = 5.0  # a constant column
     np.testing.assert_allclose(standardize_columns(feats), scale(feats), atol=1e-5)
     queries, references = matching_space(rng.normal(size=(17, 6))), matching_space(rng.normal(size=(50, 6)))
-    indices, scores = exact_neighbours(queries, references, k=3, chunk=5)
-    sims = queries @ references.T
-    np.testing.assert_array_equal(indices, np.argsort(-sims, axis=1)[:, :3])
-    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :3], rtol=1e-6)
+    references[31] = references[4]  # a tie: the lower row comes first
+    sims = queries.astype(np.float64) @ references.T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    for k, block in ((3, 7), (3, 50), (1, 7), (1, 64), (60, 9)):  # merged across blocks, or one block
+        indices, scores = exact_neighbours(queries, references, k=k, chunk=5, block=block)
+        want = order[:, :min(k, 50)]
+        np.testing.assert_array_equal(indices, want, err_msg=f"k={k} block={block}")
+        np.testing.assert_allclose(scores, np.take_along_axis(sims, want, axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_nearest_neighbour_accuracy_on_a_hand_made_case():
