@@ -125,9 +125,11 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[str]], list | None]:
     for size, redo in todo.items():
         if redo or not cache_is_complete(layout, ref.kind, ref.split, ref.image_id, size):
             rgby = read(cache_source(layout, ref.kind, ref.split, ref.image_id))
-            write_cache(layout, ref.kind, ref.split, ref.image_id, size, rgby)
-        paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
-        cached[size] = [_fingerprint(p.read_bytes()) for p in paths]
+            written = write_cache(layout, ref.kind, ref.split, ref.image_id, size, rgby)
+        else:  # kept: fingerprint the files as they are
+            paths = cache_paths(layout, ref.kind, ref.split, ref.image_id, size).values()
+            written = [p.read_bytes() for p in paths]
+        cached[size] = [_fingerprint(data) for data in written]
     features = None
     if want_features:  # spec 2 and 4: from the Kaggle PNGs (not the TIFFs) and the HPAv18 JPEGs
         rgby = read("png" if ref.kind == "kaggle" else "external")

@@ -1,4 +1,4 @@
-"""Resize caches (spec 1.2, 1.3): OpenCV-style bilinear resize, cache writers/readers, per-image mean/std.
+"""Resize caches (spec 1.2, 1.3): OpenCV bilinear resize, cache writers/readers, per-image mean/std.
 
 Cache files are written atomically (temp file in the same folder, then os.replace), so a crash leaves
 either the old file, no file, or a stray hidden `.tmp` file (which the next `prepare` run removes);
@@ -7,50 +7,28 @@ either the old file, no file, or a stray hidden `.tmp` file (which the next `pre
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
+import cv2
+import imagecodecs
 import numpy as np
-from PIL import Image
 
 from hpa_tf.atomic import write_atomic
-from hpa_tf.data.io import ImageReadError, read_gray, read_rgby, stack_channels
+from hpa_tf.data.io import ImageReadError, read_gray, read_rgby, stack_channels, to_uint8
 from hpa_tf.data.layout import COLORS, DataLayout
 
 KINDS = ("kaggle", "external")  # Kaggle PNG caches, HPAv18 JPEG caches
 EXTERNAL_JPEG_QUALITY = 85  # spec 1.3
-
-
-def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (lo, hi) and weight of hi for each output: OpenCV INTER_LINEAR, half-pixel centres."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (src - lo).astype(np.float32)
-
-
-def _resize_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Linear interpolation of x (uint or float32) along `axis` to `size` samples, as float32."""
-    n_in = x.shape[axis]
-    if n_in == size:
-        return x.astype(np.float32, copy=False)
-    lo, hi, w = _axis_taps(n_in, size)
-    if axis == 1:
-        w = w[None, :]
-    else:
-        w = w[:, None]
-    a = np.take(x, lo, axis=axis).astype(np.float32, copy=False)
-    b = np.take(x, hi, axis=axis).astype(np.float32, copy=False)
-    b -= a  # a + w * (b - a) == (1 - w) * a + w * b
-    b *= w
-    b += a
-    return b
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def resize_bilinear(plane: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 or uint16 (H, W) plane to uint8 (size, size) like cv2.resize(..., INTER_LINEAR).
+    """Resize a uint8 or uint16 (H, W) plane to uint8 (size, size) with cv2.resize(..., INTER_LINEAR).
 
-    Float32 math, rounded half up. uint16 input is resized first, then scaled as io.to_uint8 does.
+    The original pipeline's own op (uint8 in fixed point). uint16 input is resized at 16 bits first, then
+    scaled as io.to_uint8 does, round(v * 255 / 65535).
     """
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
@@ -64,18 +42,48 @@ def resize_bilinear(plane: np.ndarray, size: int) -> np.ndarray:
     size = int(size)
     if plane.dtype == np.uint8 and plane.shape == (size, size):
         return plane.copy()
-    out = _resize_axis(_resize_axis(plane, size, axis=1), size, axis=0)  # each row, then each column
-    if plane.dtype == np.uint16:
-        out *= np.float32(255.0 / 65535.0)
-    out += np.float32(0.5)
-    np.floor(out, out=out)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return to_uint8(_resize(plane, size))
 
 
-def _write_image(path: Path, plane: np.ndarray, fmt: str, **save_kwargs) -> None:
-    """Write a uint8 (H, W) plane as an 8-bit grayscale image, atomically."""
-    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8))
-    write_atomic(path, lambda temp: image.save(temp, format=fmt, **save_kwargs))
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """cv2 INTER_LINEAR of an (H, W) or (H, W, channels) array to (size, size), channels resized alike."""
+    return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _resize_channels(rgby: np.ndarray, size: int) -> list[np.ndarray]:
+    """resize_bilinear of each channel of a uint8 (H, W, 4) image, as 4 planes: one cv2 call for all 4
+    (3-5x faster at 2048 px than 4 strided planes; the same pixels, as OpenCV resizes channels alike)."""
+    if rgby.dtype != np.uint8 or rgby.ndim != 3 or rgby.shape[:2] == (size, size):
+        return [resize_bilinear(rgby[..., c], size) for c in range(rgby.shape[-1])]
+    return list(cv2.split(_resize(rgby, size)))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_png(plane: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of a uint8 (H, W) plane: Sub filter, libdeflate level 1. Lossless; at 768-1536
+    px 1.6x faster than cv2.imencode's default, 5x faster than PIL's level 1 (whose files are 5% larger)."""
+    height, width = plane.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 1  # filter type Sub: each byte minus its left neighbour, modulo 256
+    rows[:, 1] = plane[:, 0]
+    np.subtract(plane[:, 1:], plane[:, :-1], out=rows[:, 2:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, not interlaced
+    idat = imagecodecs.deflate_encode(rows.tobytes(), level=1)  # a zlib stream, as PNG wants
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _encode(plane: np.ndarray, kind: str) -> bytes:
+    """A uint8 (H, W) plane as cache file bytes: a PNG for Kaggle, a grayscale JPEG of quality 85 (cv2,
+    the same bytes as PIL's) for HPAv18."""
+    if kind == "kaggle":
+        return _encode_png(plane)
+    ok, data = cv2.imencode(".jpg", plane, [cv2.IMWRITE_JPEG_QUALITY, EXTERNAL_JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {plane.shape} {plane.dtype} plane as JPEG")
+    return data.tobytes()
 
 
 def cache_source(layout: DataLayout, kind: str, split: str, image_id: str) -> str:
@@ -88,16 +96,19 @@ def cache_source(layout: DataLayout, kind: str, split: str, image_id: str) -> st
 
 
 def write_cache(layout: DataLayout, kind: str, split: str, image_id: str, size: int,
-                rgby: np.ndarray) -> None:
+                rgby: np.ndarray) -> list[bytes]:
     """Resize an RGBY source image and write its 4 cache files atomically: 8-bit PNGs for Kaggle, grayscale
-    JPEGs of quality 85 for HPAv18. A channel already at `size` keeps its pixels (re-encoded)."""
+    JPEGs of quality 85 for HPAv18. A channel already at `size` keeps its pixels (re-encoded).
+
+    Returns the bytes written, in R, G, B, Y order (so that a caller can fingerprint them without a re-read).
+    """
     paths = cache_paths(layout, kind, split, image_id, size)  # raises on an unknown kind
-    if kind == "kaggle":
-        fmt, options = "PNG", {"compress_level": 1}
-    else:
-        fmt, options = "JPEG", {"quality": EXTERNAL_JPEG_QUALITY}
+    planes, written = _resize_channels(rgby, int(size)), []
     for c, path in enumerate(paths.values()):
-        _write_image(path, resize_bilinear(rgby[..., c], size), fmt, **options)
+        data = _encode(planes[c], kind)
+        write_atomic(path, lambda temp, data=data: temp.write_bytes(data))
+        written.append(data)
+    return written
 
 
 def cache_kaggle_image(layout: DataLayout, split: str, image_id: str, size: int) -> None:
