@@ -22,7 +22,7 @@ from hpa_tf.labels import format_target, parse_target
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
 EXACT_BELOW = 20_000
 INDEX_INFO = "hpa_tf_index.json"
-INDEX_VERSION = 2  # bumped when the index's build settings change, so saved indexes are rebuilt
+INDEX_VERSION = 3  # bumped when the index's build settings change, so saved indexes are rebuilt
 
 
 @dataclass
@@ -35,11 +35,12 @@ class NeighbourIndex:
 
     @classmethod
     def build(cls, references: np.ndarray, exact: bool = False, leaves: int | None = None,
-              leaves_to_search: int | None = None, reorder: int = 1000,
+              leaves_to_search: int | None = None, reorder: int = 250,
               exact_below: int = EXACT_BELOW) -> NeighbourIndex:
         """Index `references` (matching space), exactly below `exact_below` rows. ScaNN defaults: sqrt(n)
-        leaves, 1/5 of them searched (1/10 missed the exact top-1 for 1.0-1.3% of queries at 1M), the
-        best 1,000 candidates re-ranked exactly (benchmarks/neighbors.py: recall and speed)."""
+        spherical k-means leaves (unit centroids: plain ones favour long centroids under the dot product
+        and lose ~1% recall@1), 1/5 of them searched, the best 250 candidates re-ranked exactly
+        (benchmarks/neighbors.py: recall and speed against exact search and FAISS)."""
         references = np.ascontiguousarray(references, dtype=np.float32)
         if exact or len(references) < exact_below:
             return cls(references)
@@ -49,7 +50,7 @@ class NeighbourIndex:
         leaves_to_search = leaves_to_search or max(1, leaves // 5)
         searcher = (scann.scann_ops_pybind.builder(references, 10, "dot_product")
                     .tree(num_leaves=leaves, num_leaves_to_search=leaves_to_search,
-                          training_sample_size=min(len(references), 250_000))
+                          training_sample_size=min(len(references), 250_000), spherical=True)
                     .score_ah(2, anisotropic_quantization_threshold=0.2)
                     .reorder(reorder)
                     .build())
