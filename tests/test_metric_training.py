@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,20 +167,26 @@ def test_an_empty_antibody_validation_split_is_refused_before_training(prepared,
     assert not (tmp_path / "metric_demo").exists()  # refused before anything was written
 
 
-def test_cli_help_lists_the_flags():
-    done = subprocess.run([sys.executable, str(ROOT / "train_metric.py"), "--help"], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0
-    for flag in ("--extract", "--checkpoint", "--embedding-dim", "--nn-every", "--strategy", "--precision",
-                 "--dropout", "--profile", "--restart"):
-        assert flag in done.stdout
-
-
-def test_cli_refuses_restart_with_extract(tmp_path, capsys):
+def _cli():
+    """train_metric.py loaded as the script it is."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_metric_cli", ROOT / "train_metric.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main(["--extract", "test", "--restart", "--out", str(tmp_path), "--quiet"]) == 2
+    return cli
+
+
+def test_cli_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        _cli().main(["--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    for flag in ("--extract", "--checkpoint", "--embedding-dim", "--nn-every", "--strategy", "--precision",
+                 "--dropout", "--profile", "--restart"):
+        assert flag in shown
+
+
+def test_cli_refuses_restart_with_extract(tmp_path, capsys):
+    assert _cli().main(["--extract", "test", "--restart", "--out", str(tmp_path), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: --restart trains the run anew; it does not go with")
