@@ -307,7 +307,10 @@ def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tm
     root, out = trained_runs
     output = tmp_path / "submission.csv"
     common = ["--runs", str(out), "--output", str(output), "--quiet"]
+    stale = output.with_suffix(".neighbours.csv")
+    stale.write_text("Id,replaced\nx,True\n")  # an earlier run's evidence
     assert infer.main(["--submission", "--seeds", "0", "--metric-run", "none", "--no-leak", *common]) == 0
+    assert not stale.exists()  # no neighbour step: no evidence that would describe another submission
     serving = tmp_path / "serving"
     (serving / "classifier" / "1").mkdir(parents=True)
     assert infer.main(["--export", str(serving), *common]) == 0  # the classifier and the embedder
