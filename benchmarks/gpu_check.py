@@ -134,8 +134,11 @@ def training_and_tta(data_dir: Path, out: Path, settings: Settings, smoke: bool)
     from hpa_tf.training.classifier import train_classifier
 
     class Timer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.times = []
+
         def on_train_batch_end(self, batch, logs=None):
-            self.times = [*getattr(self, "times", []), time.perf_counter()]
+            self.times.append(time.perf_counter())
 
     batch = settings.batches[0]
     config = classifier_config("demo" if smoke else "i768", data_dir=str(data_dir), out_dir=str(out),

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from hpa_tf.data.pipeline import DIHEDRAL, IMAGES, PLANS
+from hpa_tf.data.pipeline import DIHEDRAL_FLAGS, IMAGES, PLANS
 from hpa_tf.errors import DataError
-
-_FLAGS = tf.constant(list(DIHEDRAL.values()), dtype=tf.bool)  # [8, 3]: flipud, fliplr, transpose
 
 
 def check_size(images: tf.Tensor, img_size: int) -> tf.Tensor:
@@ -57,8 +55,8 @@ def crop_and_resize_batch(images: tf.Tensor, windows: tf.Tensor, crop_size: int)
 
 
 def dihedral_batch(images: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
-    """Each square image of the batch under its own dihedral transform k (DIHEDRAL order)."""
-    flags = tf.gather(_FLAGS, tf.cast(k, tf.int32))[:, :, None, None, None]  # [B, 3, 1, 1, 1]
+    """Each square image of the batch under its own dihedral transform k (pipeline.DIHEDRAL order)."""
+    flags = tf.gather(DIHEDRAL_FLAGS, tf.cast(k, tf.int32))[:, :, None, None, None]  # [B, 3, 1, 1, 1]
     images = tf.where(flags[:, 0], tf.reverse(images, [1]), images)
     images = tf.where(flags[:, 1], tf.reverse(images, [2]), images)
     return tf.where(flags[:, 2], tf.transpose(images, [0, 2, 1, 3]), images)

@@ -35,7 +35,7 @@ DIHEDRAL = {
     "fliplr_transpose": (False, True, True),
     "flipud_lr_transpose": (True, True, True),
 }
-_FLAGS = tf.constant(list(DIHEDRAL.values()), dtype=tf.bool)  # [8, 3]
+DIHEDRAL_FLAGS = tf.constant(list(DIHEDRAL.values()), dtype=tf.bool)  # [8, 3]
 IMAGES, PLANS = "images", "plans"  # the inputs of an on-device batch (device_augment.apply_plans)
 
 
@@ -168,7 +168,7 @@ def _tfrecord_images(source: Source, frame: pd.DataFrame, targets: np.ndarray,
 
 def dihedral(image: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     """The k-th of the 8 dihedral transforms (DIHEDRAL order) of an HWC (or BHWC) square image."""
-    flags = tf.gather(_FLAGS, k)
+    flags = tf.gather(DIHEDRAL_FLAGS, k)
     h, w = (0, 1) if image.shape.rank == 3 else (1, 2)
     image = tf.cond(flags[0], lambda: tf.reverse(image, [h]), lambda: image)
     image = tf.cond(flags[1], lambda: tf.reverse(image, [w]), lambda: image)

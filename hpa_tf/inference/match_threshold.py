@@ -15,6 +15,7 @@ from hpa_tf.embeddings import best_cosine_elsewhere, load_embeddings, matching_s
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.neighbors import match, threshold_sweep
 from hpa_tf.labels import parse_target
+from hpa_tf.training.loop import read_split
 from hpa_tf.training.metric import ensure_embeddings
 
 AUTO = "auto"
@@ -42,19 +43,16 @@ class Choice:
                 f"{r['accuracy']:.3f}, impostors {r['impostors']}, impostor_rate {r['impostor_rate']:.4f})")
 
 
-def split_rows(layout: DataLayout, name: str, ext_ids) -> tuple[pd.DataFrame, np.ndarray]:
-    """(split frame `name` of ANTIBODY_SPLITS, its rows in embeddings_ext.npz): the antibody splits are
-    subsets of all HPAv18 images, so their one-pass embeddings are those rows (no second extraction)."""
-    path = layout.split_dir / ANTIBODY_SPLITS[name]
-    if not path.is_file():
-        raise InferenceError(f"missing split file {path}: run `python -m hpa_tf.data.prepare --data-dir "
-                             f"{layout.root}` first")
-    frame = pd.read_csv(path, dtype={"Id": str, "Target": str}, keep_default_na=False)
-    position = {image_id: row for row, image_id in enumerate(ext_ids)}
+def split_rows(layout: DataLayout, name: str, position: dict[str, int]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(split frame `name` of ANTIBODY_SPLITS, its rows in embeddings_ext.npz, whose row of each Id is
+    `position`): the antibody splits are subsets of all HPAv18 images, so their one-pass embeddings are
+    those rows (no second extraction)."""
+    frame = read_split(layout, ANTIBODY_SPLITS[name])
     missing = [i for i in frame["Id"] if i not in position]
     if missing:
-        raise InferenceError(f"{path} lists {len(missing)} images without a row in embeddings_ext.npz, e.g. "
-                             f"{missing[0]}: extract it again (python train_metric.py --extract ext)")
+        raise InferenceError(f"{layout.split_dir / ANTIBODY_SPLITS[name]} lists {len(missing)} images "
+                             f"without a row in embeddings_ext.npz, e.g. {missing[0]}: extract it again "
+                             "(python train_metric.py --extract ext)")
     return frame, np.array([position[i] for i in frame["Id"]], dtype=np.int64)
 
 
@@ -63,8 +61,9 @@ def val_sweep(ext_feats: np.ndarray, ext_ids, layout: DataLayout, thresholds=GRI
     correct, accuracy, recall, f1 per threshold) plus `impostors` / `impostor_rate`: the val images whose
     best HPAv18 image of another antibody lies above the threshold. Every val antibody has train images,
     so val alone never shows a test image whose antibody has none; its own antibody removed, it does."""
-    ext, _ = split_rows(layout, "ext", ext_ids)
-    (val, val_rows), (train, train_rows) = (split_rows(layout, name, ext_ids) for name in ("val", "train"))
+    position = {image_id: row for row, image_id in enumerate(ext_ids)}
+    (ext, ext_rows), (val, val_rows), (train, train_rows) = (split_rows(layout, name, position)
+                                                             for name in ("ext", "val", "train"))
     if val.empty or train.empty:
         raise InferenceError(f"the antibody split of {layout.root} has {len(val)} val and {len(train)} train "
                              "images: the sweep needs both")
@@ -73,7 +72,8 @@ def val_sweep(ext_feats: np.ndarray, ext_ids, layout: DataLayout, thresholds=GRI
     same_antibody = val["antibody_code"].to_numpy() == nearest["antibody_code"].to_numpy()
     same_target = np.array([parse_target(a) == parse_target(b)
                             for a, b in zip(val["Target"], nearest["Target"], strict=True)])
-    codes = ext.set_index("Id").loc[list(ext_ids), "antibody_code"].to_numpy()
+    codes = np.full(len(ext_feats), -1, dtype=np.int64)  # the antibody of every row of embeddings_ext.npz
+    codes[ext_rows] = ext["antibody_code"].to_numpy()
     elsewhere = best_cosine_elsewhere(matching_space(ext_feats[val_rows]), val["antibody_code"].to_numpy(),
                                       matching_space(ext_feats), codes)
     return pd.DataFrame(threshold_sweep(cosine[:, 0], same_antibody, same_target, thresholds, elsewhere))
