@@ -129,8 +129,9 @@ def training_and_tta(data_dir: Path, out: Path, settings: Settings, smoke: bool)
 
     from hpa_tf.config import classifier_config
     from hpa_tf.data import pipeline
-    from hpa_tf.data.layout import DataLayout
-    from hpa_tf.inference.predict import load_run_model, seed_probabilities
+    from hpa_tf.inference.predict import seed_probabilities
+    from hpa_tf.layout import DataLayout
+    from hpa_tf.models.loading import load_classifier
     from hpa_tf.training.classifier import train_classifier
 
     class Timer(keras.callbacks.Callback):
@@ -153,7 +154,7 @@ def training_and_tta(data_dir: Path, out: Path, settings: Settings, smoke: bool)
     rows = [{"part": "train_classifier", "setting": f"{settings.img} -> {settings.crop}, batch {batch}, "
              f"TFRecords + device augment, {len(timer.times)} steps", "precision": "fp32",
              "images_per_s": rate, "gpu_util": gpu.samples}]
-    model, run = load_run_model(out / config.run_name / "fold0")
+    model, _ = load_classifier(out / config.run_name / "fold0")
     layout = DataLayout(data_dir)
     test = pd.read_csv(layout.sample_submission_csv, dtype=str)[["Id"]]
     source = pipeline.Source(layout, settings.img, "test", tfrecords=True)

@@ -53,8 +53,8 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hpa_tf.data.layout import COLORS, DataLayout  # noqa: E402
 from hpa_tf.labels import targets_to_matrix  # noqa: E402
+from hpa_tf.layout import COLORS, DataLayout  # noqa: E402
 
 # (name, cache size, crop size): the reference's first profile and a small one
 SETTINGS = (("768 -> 512", 768, 512), ("256 -> 192", 256, 192))

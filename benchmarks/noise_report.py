@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import pandas as pd
+from hpa_tf.inference.curation import AnnotatedPool, label_noise_report
 
 from hpa_tf.embeddings import matching_space
-from hpa_tf.inference.curation import AnnotatedPool, label_noise_report
 
 
 def synthetic_pool(rng: np.random.Generator, n_ext: int, n_kaggle: int, n_antibodies: int, planted: int):

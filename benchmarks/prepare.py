@@ -45,8 +45,8 @@ from PIL import Image
 
 from hpa_tf.data import prepare
 from hpa_tf.data.io import HPA_V18_PLANE
-from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import EXTERNAL_JPEG_QUALITY
+from hpa_tf.layout import COLORS, DataLayout
 
 FULL = 2048  # side of the full-size Kaggle TIFFs and HPAv18 JPEGs
 PNG_SIZE = 512  # side of the Kaggle PNGs

@@ -219,20 +219,21 @@ def stage_metric(args) -> dict:
 
     import tensorflow as tf
 
-    from hpa_tf.config import metric_config
+    from hpa_tf.config import embedder_config
     from hpa_tf.data import pipeline
     from hpa_tf.losses import arcface_loss
-    from hpa_tf.training.loop import adam, read_split, start_session, training_dataset
-    from hpa_tf.training.metric import TRAIN_SPLIT, build_network, number_of_classes
+    from hpa_tf.models.embedder import build_arcface_network, number_of_classes
+    from hpa_tf.training.embedder import TRAIN_SPLIT
+    from hpa_tf.training.loop import adam, start_session, training_dataset
     from hpa_tf.training.split_metrics import RankHits
     from hpa_tf.training.trainer import GlobalBatchTrainer
 
     timings = {}
-    config = metric_config("i768", data_dir=str(data_root(args)), weights="none", batch_size=args.batch,
+    config = embedder_config("i768", data_dir=str(data_root(args)), weights="none", batch_size=args.batch,
                            precision=args.precision, seed=args.seed, out_dir=str(args.work / "runs"),
                            verbose=0)
     session = start_session(config, progress=False)
-    train = read_split(session.layout, TRAIN_SPLIT)
+    train = session.layout.read_split(TRAIN_SPLIT)
     assert len(train) >= config.batch_size, f"{len(train)} metric training rows, fewer than a batch"
     antibodies = number_of_classes(session.layout)
     classes = args.arc_classes or antibodies
@@ -246,8 +247,8 @@ def stage_metric(args) -> dict:
     assert images.shape == (config.batch_size, config.img_size, config.img_size, 4), tuple(images.shape)
     assert codes.shape == (config.batch_size,) and codes.dtype == tf.int32
     start = time.perf_counter()
-    with session.strategy.scope():  # as hpa_tf.training.metric.train_metric builds it
-        net = build_network(config, classes)
+    with session.strategy.scope():  # as hpa_tf.training.embedder.train_embedder builds it
+        net = build_arcface_network(config, classes, config.weights)
         loss = functools.partial(arcface_loss, s=config.arc_scale, m=config.arc_margin)
         trainer = GlobalBatchTrainer(net, loss, clipnorm=config.clipnorm, gather=False,
                                      eval_metrics=[RankHits("top1"), RankHits("top5"), RankHits("map5")])
@@ -266,7 +267,7 @@ def stage_metric(args) -> dict:
 def _i768_classifier(args):
     """(the i768 classifier with random weights, built as build_trainer builds it, its config, layout)."""
     from hpa_tf.config import classifier_config
-    from hpa_tf.data.layout import DataLayout
+    from hpa_tf.layout import DataLayout
     from hpa_tf.models.classifier import build_classifier, load_stats
 
     config = classifier_config("i768", data_dir=str(data_root(args)), weights="none")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,12 @@ import pandas as pd
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(temp_path) and rename the temp file to path; the temp file is removed on failure."""
+    """Call write(temp_path) and rename the temp file to path; the temp file is removed on failure. The
+    temporary name ends with all of path's suffixes (`.weights.h5` as Keras requires, `.npz`, `.csv`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes),
+                                dir=path.parent)
     os.close(fd)
     temp = Path(name)
     try:
@@ -68,14 +71,44 @@ def save_npy_atomic(array, path: str | Path) -> Path:
     return write_atomic(path, write)
 
 
-# What write_atomic names its temporary files: `.{name}.{8 random characters of mkstemp}.tmp{suffix}`.
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+def save_weights_atomic(model, path: str | Path) -> Path:
+    """model.save_weights(path), atomically (a killed run never leaves a half-written checkpoint)."""
+    return write_atomic(path, lambda temporary: model.save_weights(temporary))
+
+
+def copy_atomic(source: str | Path, target: str | Path) -> Path:
+    """Copy a file; the target is either the old file or the complete copy."""
+    return write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
+
+
+def write_folder_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call write(temp_folder), then put the folder in place of `path` (an old folder there is removed
+    after the swap): a reader finds the old folder or the complete new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    try:
+        write(temporary)
+        os.chmod(temporary, 0o777 & ~_umask())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# What write_atomic and write_folder_atomic name their temporaries: `.{name}.{8 random characters of
+# mkstemp}.tmp{suffixes}`.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\..+)?")
 
 
 def remove_temporaries(folders, stem: str = "") -> list[Path]:
-    """Delete the temporary files that write_atomic left in these folders (not their subfolders) when a
-    process was killed mid-write and its cleanup never ran; only those of outputs whose names start with
-    `stem` when one is given. Returns what was removed."""
+    """Delete the temporary files (and folders) that write_atomic (write_folder_atomic) left in these
+    folders when a process was killed mid-write and its cleanup never ran; only those of outputs whose
+    names start with `stem` when one is given. Returns what was removed."""
     removed = []
     for folder in [folders] if isinstance(folders, (str, Path)) else folders:
         try:
@@ -84,7 +117,13 @@ def remove_temporaries(folders, stem: str = "") -> list[Path]:
             continue
         for entry in entries:
             match = _TEMPORARY.fullmatch(entry.name)
-            if match and match["name"].startswith(stem) and entry.is_file(follow_symlinks=False):
+            if not match or not match["name"].startswith(stem):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
-                removed.append(Path(entry.path))
+            else:
+                continue
+            removed.append(Path(entry.path))
     return removed

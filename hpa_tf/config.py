@@ -1,14 +1,16 @@
-"""Training configurations and the named profiles of the reference runs (spec 8.1, 8.2) and the demos."""
+"""Every setting and its default, once: the training configurations with the named profiles of the
+reference runs (spec 8.1, 8.2) and the demos, and the inference settings of `python infer.py`."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hpa_tf.errors import ConfigError
-from hpa_tf.training.schedules import SCHEDULES
+from hpa_tf.schedules import SCHEDULES
 
-SPLITS = {"random_ext_folds5": "random_ext_folds5", "noleak_clean": "random_ext_noleak_clean_folds5"}
+FOLD_FAMILIES = {"random_ext_folds5": "random_ext_folds5", "noleak_clean": "random_ext_noleak_clean_folds5"}
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
@@ -63,6 +65,8 @@ class RunConfig:
 class ClassifierConfig(RunConfig):
     """One fold of classifier training (spec 8.1)."""
 
+    command: ClassVar[str] = "python train_classifier.py"
+
     fold: int = 0
     split: str = "random_ext_folds5"
     large: bool = False
@@ -72,7 +76,8 @@ class ClassifierConfig(RunConfig):
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
-            (self.split in SPLITS, f"--split must be one of {sorted(SPLITS)}, got {self.split!r}"),
+            (self.split in FOLD_FAMILIES,
+             f"--split must be one of {sorted(FOLD_FAMILIES)}, got {self.split!r}"),
             (0 <= self.fold < 5, f"--fold must be 0..4, got {self.fold}"),
             (0 < self.crop_size <= self.img_size,
              f"--crop-size ({self.crop_size}) must be in 1..--img-size ({self.img_size})"),
@@ -80,8 +85,10 @@ class ClassifierConfig(RunConfig):
 
 
 @dataclass
-class MetricConfig(RunConfig):
+class EmbedderConfig(RunConfig):
     """Metric learning on antibody ids with ArcFace (spec 8.2)."""
+
+    command: ClassVar[str] = "python train_metric.py"
 
     backbone: str = "resnet50"
     batch_size: int = 32
@@ -111,7 +118,7 @@ CLASSIFIER_PROFILES: dict[str, dict] = {
                   batch_size=36, schedule="Adam45", epochs=45, split="noleak_clean"),
 }
 # Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
-METRIC_PROFILES: dict[str, dict] = {
+EMBEDDER_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
                  epochs=16, lr_scale=10.0),
     "i768": dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
@@ -141,6 +148,67 @@ def classifier_config(profile: str = "demo", **overrides) -> ClassifierConfig:
     return make_config(ClassifierConfig, CLASSIFIER_PROFILES, profile, **overrides)
 
 
-def metric_config(profile: str = "demo", **overrides) -> MetricConfig:
+def embedder_config(profile: str = "demo", **overrides) -> EmbedderConfig:
     """A metric-learning profile (demo, i768) with overrides."""
-    return make_config(MetricConfig, METRIC_PROFILES, profile, **overrides)
+    return make_config(EmbedderConfig, EMBEDDER_PROFILES, profile, **overrides)
+
+
+def saved_config(saved: dict) -> RunConfig:
+    """The typed configuration of a run's config.json (an embedder run has embedding_dim), replayed through
+    its profile and validated; keys that are not settings (replicas) are left out."""
+    kind, profiles = (EmbedderConfig, EMBEDDER_PROFILES) if "embedding_dim" in saved else \
+        (ClassifierConfig, CLASSIFIER_PROFILES)
+    fields = {f.name for f in dataclasses.fields(kind)} - {"profile"}
+    return make_config(kind, profiles, saved.get("profile", "demo"),
+                       **{k: v for k, v in saved.items() if k in fields})
+
+
+TTA_SEEDS = (0, 1, 2, 3)  # spec 5.4: seed 0 the whole image, 1-3 random-scale crops; 8 views each
+DEMO_TTA_SEEDS = (0,)  # the demo's whole images are small: crops add little
+AUTO = "auto"  # --match-threshold chosen on the antibody val split (inference.match_threshold)
+REFERENCE_MATCH_THRESHOLD = 0.65  # what the original used for its own embedding (spec 10.5)
+
+
+@dataclass
+class InferenceConfig:
+    """What `python infer.py` does, with every default; see its --help. None: derived from the runs (the
+    demo's without data_dir, the reference i768 profile's with it)."""
+
+    data_dir: str | None = None
+    runs: str = "runs"
+    run: str | None = None  # classifier run: demo, or i768 with data_dir
+    folds: list[int] | None = None  # every trained fold
+    metric_run: str | None = None  # runs/metric_demo or runs/metric_i768; "none": no neighbour step
+    seeds: tuple[int, ...] | None = None  # TTA_SEEDS, the demo DEMO_TTA_SEEDS
+    views: list[str] | None = None  # dihedral TTA views: all 8
+    combine: str = "max"  # how the views of an image are combined
+    ratio_source: str = "train"  # label ratios of the thresholds
+    leak: bool = True
+    match_threshold: float | str = AUTO
+    impostor_rate: float = 0.01  # the largest share of val images that may match another antibody
+    neighbour_k: int = 3  # nearest HPAv18 images per test image in OUTPUT.neighbours.csv
+    output: str = "submission.csv"
+    batch_size: int = 4  # images per forward pass, each with all its views
+    validation_csv: str = "validation.csv"
+    k: int = 8  # neighbours per gallery image
+    noise_neighbours: int = 10
+    noise_similarity: float | None = None  # calibrated when None
+    figures: str = "figures"
+    progress: bool = True
+
+    @property
+    def demo(self) -> bool:
+        return self.data_dir is None
+
+    @property
+    def tta_seeds(self) -> tuple[int, ...]:
+        return tuple(self.seeds or (DEMO_TTA_SEEDS if self.demo else TTA_SEEDS))
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting out of range."""
+        if min(self.k, self.noise_neighbours, self.neighbour_k) < 1:
+            raise ConfigError("--k, --noise-neighbours and --neighbour-k must be at least 1")
+        if not 0 < self.impostor_rate < 1:
+            raise ConfigError(f"--impostor-rate must lie between 0 and 1, got {self.impostor_rate}")
+        if self.combine not in ("max", "mean"):
+            raise ConfigError(f"--tta must be max or mean, got {self.combine!r}")

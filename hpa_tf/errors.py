@@ -27,6 +27,10 @@ class TrainingSetupError(HpaTfError):
     """Missing prepared data or an impossible setting, found before training starts."""
 
 
+class RunFolderError(HpaTfError):
+    """A run folder without the file asked for (config.json, a checkpoint), or another kind of run."""
+
+
 class EmbeddingFileError(HpaTfError):
     """An embedding file that is missing, malformed or inconsistent."""
 

@@ -10,17 +10,24 @@ the metric run's image size -> `embedding` [N, D]. `serving_default` takes float
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from hpa_tf.atomic import write_folder_atomic
+from hpa_tf.config import InferenceConfig
 from hpa_tf.data.pipeline import dihedral
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.predict import combined_probabilities, view_indices
+from hpa_tf.inference.runs import resolve
+from hpa_tf.inference.submission import serving_record
 from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.models.loading import load_classifier, load_embedder
 
+log = logging.getLogger(__name__)
 FLOAT_IMAGES = tf.TensorSpec([None, None, None, 4], tf.float32, name="images")
 UINT8_IMAGES = tf.TensorSpec([None, None, None, 4], tf.uint8, name="images")
 
@@ -59,8 +66,8 @@ def _write(models: list[keras.Model], outputs, folder: Path) -> Path:
                          input_signature=[FLOAT_IMAGES])
     archive.add_endpoint("serving_uint8", lambda images: outputs(tf.cast(checked(images), tf.float32)),
                          input_signature=[UINT8_IMAGES])
-    archive.write_out(str(folder), verbose=False)
-    return folder
+    # Built beside the version folder and renamed into place: TF Serving never sees a half-written version.
+    return write_folder_atomic(folder, lambda temporary: archive.write_out(str(temporary), verbose=False))
 
 
 def export_classifier(models: list[keras.Model], thresholds, folder: str | Path, crop_size: int,
@@ -106,24 +113,32 @@ def next_version(folder: Path) -> Path:
     return folder / str(max(versions, default=0) + 1)
 
 
-def export_runs(folds: list[str | Path], serving: dict, metric_run: Path | None,
+def export_runs(folds: list[str | Path], serving: dict, embedder_run: str | Path | None,
                 out_dir: str | Path) -> list[Path]:
     """Export the classifier fold ensemble (with `serving`'s thresholds, TTA combination and views: what
     `infer.py --submission` fitted, see submission.serving_record) and the metric run's embedder under
     out_dir for TF Serving."""
-    from hpa_tf.inference.predict import load_run_model
-    from hpa_tf.training.metric import load_metric_run
-
     out_dir = Path(out_dir)
-    runs = [load_run_model(folder) for folder in folds]
-    crop_sizes = {config["crop_size"] for _, config in runs}
+    runs = [load_classifier(folder) for folder in folds]
+    crop_sizes = {config.crop_size for _, config in runs}
     if len(crop_sizes) != 1:
         raise InferenceError(f"the folds were trained at different crop sizes {sorted(crop_sizes)}: export "
-                         "them separately (--folds)")
+                             "them separately (--folds)")
     written = [export_classifier([model for model, _ in runs], serving["thresholds"],
                                  next_version(out_dir / "classifier"), crop_sizes.pop(),
                                  serving["combine"], serving["views"])]
-    if metric_run is not None:
-        embedder, config = load_metric_run(metric_run)
+    if embedder_run is not None:
+        embedder, config = load_embedder(embedder_run)
         written.append(export_embedder(embedder, next_version(out_dir / "embedder"), config.img_size))
+    return written
+
+
+def run_export(config: InferenceConfig, out_dir: str | Path) -> list[Path]:
+    """`infer.py --export DIR`: the trained folds and the metric run of `config` as SavedModels, labels at
+    the thresholds of the last --submission to config.output (OUTPUT.serving.json)."""
+    runs = resolve(config, need_folds=True)
+    written = export_runs([fold.root for fold in runs.folds], serving_record(config.output),
+                          runs.embedder.root if runs.embedder else None, out_dir)
+    for folder in written:
+        log.info(f"SavedModel written to {folder}")
     return written

@@ -44,7 +44,7 @@ def prepared(tiny_dataset, tmp_path_factory):
     """(root, summary) of a prepared copy of the tiny dataset (the raw session dataset stays raw)."""
     root = tmp_path_factory.mktemp("prepared") / "tiny"
     shutil.copytree(tiny_dataset, root)
-    summary = prepare.prepare(root, workers=1, progress=False, log=lambda *_: None)
+    summary = prepare.prepare(root, workers=1, progress=False)
     return root, summary
 
 
@@ -52,16 +52,16 @@ def prepared(tiny_dataset, tmp_path_factory):
 def trained_runs(prepared, tmp_path_factory):
     """(data root, runs root): two 1-epoch classifier folds and a 1-epoch metric run on the prepared
     `tiny`, with every set's embeddings."""
-    from hpa_tf.config import classifier_config, metric_config
+    from hpa_tf.config import classifier_config, embedder_config
     from hpa_tf.training.classifier import train_classifier
-    from hpa_tf.training.metric import extract, train_metric
+    from hpa_tf.training.embedder import extract, run_folder, train_embedder
 
     root, _ = prepared
     out = tmp_path_factory.mktemp("runs")
     common = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=1, verbose=0)
     for fold in (0, 1):
         train_classifier(classifier_config("demo", crop_size=32, fold=fold, **common), progress=False)
-    metric = metric_config("demo", nn_every=0, **common)
-    train_metric(metric, progress=False)
-    extract(metric, ["test", "kaggle", "ext", "val", "train"], progress=False)
+    metric = embedder_config("demo", nn_every=0, **common)
+    train_embedder(metric, progress=False)
+    extract(run_folder(metric), ["test", "kaggle", "ext", "val", "train"], progress=False)
     return root, out

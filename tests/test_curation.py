@@ -8,14 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_tf.curation.pool import AnnotatedPool, Query, nearest_annotated
+from hpa_tf.curation.report import calibrate_similarity, label_noise_report
 from hpa_tf.embeddings import l2_normalize
-from hpa_tf.inference.curation import (
-    AnnotatedPool,
-    Query,
-    calibrate_similarity,
-    label_noise_report,
-    nearest_annotated,
-)
 
 
 def _pool(rng: np.random.Generator) -> tuple[AnnotatedPool, dict[str, str]]:

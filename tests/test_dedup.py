@@ -221,7 +221,10 @@ def test_bad_inputs_raise_clear_value_error(query, reference, kwargs, message):
         match_hashes(query, reference, **kwargs)
 
 
-def test_progress_bar_does_not_change_result(capsys):
+def test_progress_bar_does_not_change_result(capsys, monkeypatch):
     query, reference = planted_sets(seed=10)
+    assert_same(match_hashes(query, reference, progress=True, chunk_size=8), match_hashes(query, reference))
+    assert "pHash matching" not in capsys.readouterr().err  # not a terminal: no bar
+    monkeypatch.setattr("hpa_tf.output.on_terminal", lambda: True)
     assert_same(match_hashes(query, reference, progress=True, chunk_size=8), match_hashes(query, reference))
     assert "pHash matching" in capsys.readouterr().err

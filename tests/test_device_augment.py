@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from hpa_tf.config import classifier_config
 from hpa_tf.data import device_augment, pipeline
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.errors import DataError
+from hpa_tf.layout import DataLayout
 from hpa_tf.training.classifier import build_trainer, split_frames
 
 

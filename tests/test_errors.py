@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-import train_classifier
-from hpa_tf.cli import run_or_exit
+from hpa_tf.cli import train_classifier
 from hpa_tf.config import ConfigError
 from hpa_tf.data.io import ImageReadError
 from hpa_tf.data.prepare import PrepareError
 from hpa_tf.embeddings import EmbeddingFileError
 from hpa_tf.errors import DataError, HpaTfError, InferenceError, ModelError, TrainingSetupError
 from hpa_tf.models.backbones import BackboneError
+from hpa_tf.output import run_or_exit
 
 
 @pytest.mark.parametrize("error, stage", [

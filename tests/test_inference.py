@@ -8,16 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import infer
+from hpa_tf.cli import infer
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
 from hpa_tf.errors import InferenceError
-from hpa_tf.inference.neighbors import NeighbourIndex, replace_labels, threshold_sweep
+from hpa_tf.inference.neighbours import NeighbourIndex, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import leak_replace
-from hpa_tf.inference.predict import duplicate_groups, group_mean, load_run_model, tta_probabilities
+from hpa_tf.inference.predict import duplicate_groups, group_mean, tta_probabilities
 from hpa_tf.inference.submission import write_submission
 from hpa_tf.labels import parse_target, targets_to_matrix
+from hpa_tf.layout import DataLayout
+from hpa_tf.models.loading import load_classifier
 
 
 def test_duplicate_groups_are_connected_components_and_get_their_mean():
@@ -58,7 +59,7 @@ def test_scann_recall_against_exact_search_and_save_load(tmp_path):
     queries = matching_space(_clustered(rng, 300, centres))
     exact = NeighbourIndex.build(references, exact=True)
     # a third of the 70 leaves searched: the tree's recall at the defaults (1/10) varied from 0.94 to 1.0
-    # between runs in one suite; benchmarks/neighbors.py measures the defaults at scale
+    # between runs in one suite; benchmarks/neighbours.py measures the defaults at scale
     scann_index = NeighbourIndex.build(references, exact_below=1000, leaves_to_search=23)
     assert NeighbourIndex.build(references).searcher is None  # 5,000 rows: exact by default
     assert scann_index.searcher is not None and exact.searcher is None
@@ -82,7 +83,7 @@ def test_submission_file_parses_back(tmp_path):
 
 def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
     root, out = trained_runs
-    model, config = load_run_model(out / "demo" / "fold0")
+    model, config = load_classifier(out / "demo" / "fold0")
     frame = pd.read_csv(DataLayout(root).sample_submission_csv, dtype=str)[["Id"]].head(3)
     source = pipeline.Source(DataLayout(root), 64, "test")
     got = tta_probabilities(model, source, frame, 32, seeds=(0,), batch_size=2)
@@ -193,7 +194,7 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     metric.mkdir()
     for name in ("config.json", "best.weights.h5"):
         shutil.copy(out / "metric_demo" / name, metric / name)
-    base = ["--submission", "--runs", str(out), "--folds", "0", "--metric-run", str(metric), "--quiet",
+    base = ["--submission", "--runs", str(out), "--folds", "0", "--metric-run", str(metric),
             "--output", str(tmp_path / "submission.csv"), "--match-threshold", "0.3", "--neighbour-k", "2"]
     assert infer.main(base) == 0
     printed = capsys.readouterr().out
@@ -214,6 +215,8 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     save_embeddings(metric / "embeddings_ext.npz", feats[::-1], ids[::-1])  # changed: rebuilt
     assert infer.main(base) == 0
     assert f"saved to {metric / 'index_ext'}" in capsys.readouterr().out
+    assert infer.main([*base, "--quiet"]) == 0  # warnings and errors only
+    assert capsys.readouterr().out == ""
 
 
 OUTPUT_SUFFIXES = (".csv", ".steps.csv", ".neighbours.csv", ".prob.npy", ".prob_ids.csv", ".thresholds.npy",
@@ -259,8 +262,8 @@ def test_infer_validate_scores_the_out_of_fold_predictions(trained_runs, tmp_pat
     table = pd.read_csv(table_path, index_col="class")
     layout, truth, probs = DataLayout(root), [], []
     for fold in (0, 1):
-        model, config = load_run_model(out / "demo" / f"fold{fold}")
-        valid = split_frames(layout, config["split"], fold)[1]
+        model, config = load_classifier(out / "demo" / f"fold{fold}")
+        valid = split_frames(layout, config.split, fold)[1]
         probs.append(tta_probabilities(model, pipeline.Source(layout, 64, "train"), valid, 32, seeds=(0,)))
         truth.append(pipeline.frame_labels(valid))
     truth, probs = np.concatenate(truth), np.concatenate(probs)
@@ -342,7 +345,7 @@ def test_infer_gallery_of_a_planted_test_copy(trained_runs, tmp_path, capsys):
     original with the same labels."""
     from PIL import Image
 
-    from hpa_tf.inference import curation
+    from hpa_tf.curation import pool as curation
     from hpa_tf.viz import gallery_size
 
     root, out = trained_runs

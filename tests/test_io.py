@@ -18,7 +18,7 @@ from hpa_tf.data.io import (
     stack_channels,
     to_uint8,
 )
-from hpa_tf.data.layout import COLORS, DataLayout
+from hpa_tf.layout import COLORS, DataLayout
 
 H, W = 24, 40  # non-square, so a transposed read would fail
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import normalize, scale
 
-import infer
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.cli import infer
 from hpa_tf.embeddings import best_cosine_elsewhere, load_embeddings
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.match_threshold import GRID, choose
+from hpa_tf.layout import DataLayout
 
 
 def test_best_cosine_elsewhere_skips_the_query_group_like_a_loop():

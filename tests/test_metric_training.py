@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,8 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import scale
 
-from hpa_tf.config import metric_config
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.config import embedder_config
 from hpa_tf.embeddings import (
     EmbeddingFileError,
     exact_neighbours,
@@ -22,9 +23,9 @@ from hpa_tf.embeddings import (
     save_embeddings,
     standardize_columns,
 )
-from hpa_tf.errors import ModelError
-from hpa_tf.training.loop import TrainingSetupError
-from hpa_tf.training.metric import VALID_SPLIT, extract, load_embedder, train_metric
+from hpa_tf.errors import ModelError, RunFolderError, TrainingSetupError
+from hpa_tf.models.loading import load_embedder
+from hpa_tf.training.embedder import VALID_SPLIT, extract, train_embedder
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,13 +103,13 @@ def test_nearest_neighbour_accuracy_on_a_hand_made_case():
 
 def _config(root, out, **overrides):
     values = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=3, verbose=0)
-    return metric_config("demo", **{**values, **overrides})
+    return embedder_config("demo", **{**values, **overrides})
 
 
 def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prepared, tmp_path):
     root, _ = prepared
     config = _config(root, tmp_path)
-    summary = train_metric(config, progress=False)
+    summary = train_embedder(config, progress=False)
     folder = tmp_path / "metric_demo"
     log = pd.read_csv(folder / "log.csv")
     assert log["epoch"].tolist() == [0, 1, 2]
@@ -119,17 +120,18 @@ def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prep
     assert (log["val_map5"] <= log["val_top5"] + 1e-6).all()
     assert summary["best_epoch"] == int(log["val_map5"].idxmax()) + 1  # best by MAP@5 (the first of ties)
     log_bytes = (folder / "log.csv").read_bytes()
-    again = train_metric(config, progress=False)  # finished: reported, not trained again
+    again = train_embedder(config, progress=False)  # finished: reported, not trained again
     assert again["optimizer_steps"] == 0 and again.get("already_finished")
     assert again["best_epoch"] == summary["best_epoch"] and (folder / "log.csv").read_bytes() == log_bytes
 
     checkpoint = (folder / "best.weights.h5").read_bytes()
-    damaged = tmp_path / "damaged.weights.h5"
+    damaged = folder / "damaged.weights.h5"
     damaged.write_bytes(checkpoint[:len(checkpoint) // 2])
     with pytest.raises(ModelError, match=re.escape(str(damaged)) + ".*retrain"):
-        load_embedder(config, DataLayout(root), damaged)
+        load_embedder(folder, damaged.name)
+    damaged.unlink()
 
-    paths = extract(config, ["val", "test", "kaggle"], progress=False)
+    paths = extract(folder, ["val", "test", "kaggle"], progress=False)
     assert [p.name for p in paths] == ["embeddings_val.npz", "embeddings_test.npz", "embeddings_kaggle.npz"]
     kaggle_ids = pd.read_csv(Path(root) / "meta" / "train_meta.csv", dtype=str)["Id"].tolist()
     assert load_embeddings(paths[2])[1].tolist() == kaggle_ids
@@ -139,16 +141,19 @@ def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prep
     assert ids.tolist() == valid["Id"].tolist()
     test_ids = pd.read_csv(Path(root) / "raw" / "sample_submission.csv", dtype=str)["Id"].tolist()
     assert load_embeddings(paths[1])[1].tolist() == test_ids
-    again = extract(config, ["val"], progress=False)[0]
+    again = extract(folder, ["val"], progress=False)[0]
     np.testing.assert_array_equal(load_embeddings(again)[0], feats)
 
 
 def test_extraction_without_a_checkpoint_and_unknown_sets_fail_clearly(prepared, tmp_path):
     root, _ = prepared
-    with pytest.raises(TrainingSetupError, match="best.weights.h5 not found"):
-        extract(_config(root, tmp_path), ["test"], progress=False)
+    with pytest.raises(RunFolderError, match=re.escape(f"{tmp_path / 'config.json'} not found")):
+        extract(tmp_path, ["test"], progress=False)
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(_config(root, tmp_path))))
+    with pytest.raises(RunFolderError, match=re.escape(f"{tmp_path / 'best.weights.h5'} not found")):
+        extract(tmp_path, ["test"], progress=False)
     with pytest.raises(TrainingSetupError, match="unknown extraction set"):
-        extract(_config(root, tmp_path), ["holdout"], progress=False)
+        extract(tmp_path, ["holdout"], progress=False)
 
 
 def test_an_empty_antibody_validation_split_is_refused_before_training(prepared, tmp_path):
@@ -163,7 +168,7 @@ def test_an_empty_antibody_validation_split_is_refused_before_training(prepared,
     valid = copy / "split" / VALID_SPLIT
     valid.write_text(valid.read_text().splitlines()[0] + "\n")  # the header only
     with pytest.raises(TrainingSetupError, match=re.escape(str(valid)) + ".*fewer than 4"):
-        train_metric(_config(copy, tmp_path), progress=False)
+        train_embedder(_config(copy, tmp_path), progress=False)
     assert not (tmp_path / "metric_demo").exists()  # refused before anything was written
 
 

@@ -18,16 +18,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hpa_tf.config import CLASSIFIER_PROFILES, METRIC_PROFILES, SPLITS, classifier_config, metric_config
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.config import (
+    CLASSIFIER_PROFILES,
+    EMBEDDER_PROFILES,
+    FOLD_FAMILIES,
+    classifier_config,
+    embedder_config,
+)
 from hpa_tf.data.pipeline import crop_and_resize
-from hpa_tf.inference.predict import load_run_model
+from hpa_tf.layout import DataLayout
 from hpa_tf.losses import classifier_loss
 from hpa_tf.models.classifier import REFERENCE_MEAN, REFERENCE_STD, build_classifier
+from hpa_tf.models.loading import load_classifier
+from hpa_tf.schedules import learning_rate
 from hpa_tf.training import trainer as trainer_module
 from hpa_tf.training.classifier import build_trainer
 from hpa_tf.training.loop import adam
-from hpa_tf.training.schedules import learning_rate
 from hpa_tf.training.trainer import GlobalBatchTrainer
 
 HERE = Path(__file__).parent
@@ -208,17 +214,17 @@ def test_classifier_profiles_match_spec_8_1():
         assert float(optimizer.learning_rate) == pytest.approx(3e-4)
         assert learning_rate(config.schedule, config.epochs, config.epochs) == 1e-5  # last epoch
     # noleak_clean is the spec's random_ext_noleak_clean_folds5 folder
-    assert SPLITS["noleak_clean"] == "random_ext_noleak_clean_folds5"
+    assert FOLD_FAMILIES["noleak_clean"] == "random_ext_noleak_clean_folds5"
 
 
 def test_metric_profile_matches_spec_8_2():
-    config = metric_config("i768")
+    config = embedder_config("i768")
     got = dataclasses.asdict(config)
     want = dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
                 epochs=50, embedding_dim=512, arc_scale=30.0, arc_margin=0.5, dropout=False, clipnorm=1.0,
                 lr_scale=1.0, precision="fp32")
     assert {k: got[k] for k in want} == want
-    assert METRIC_PROFILES["i768"]["backbone"] == "resnet50"
+    assert EMBEDDER_PROFILES["i768"]["backbone"] == "resnet50"
     optimizer = adam(config)
     assert optimizer.epsilon == 1e-8 and float(optimizer.learning_rate) == pytest.approx(1e-4)
     assert {learning_rate(config.schedule, e, config.epochs) for e in range(1, 51)} == {1e-4}
@@ -275,14 +281,14 @@ def test_inference_normalises_with_the_run_datasets_stats(stats_copy, tmp_path):
     keras.utils.set_random_seed(2)
     saved = build_classifier(config.backbone, weights=None)  # the spec's constants, not STATS
     saved.save_weights(folder / "best.weights.h5")
-    model, read = load_run_model(folder)
-    assert read["data_dir"] == str(stats_copy)
+    model, read = load_classifier(folder)
+    assert read.data_dir == str(stats_copy)
     _assert_normalisation(model, STATS["mean"], STATS["std"])
     for got, want in zip(model.get_layer("logits").get_weights(), saved.get_layer("logits").get_weights(),
                          strict=True):
         np.testing.assert_array_equal(got, want)  # the checkpoint was loaded
     (DataLayout(stats_copy).meta_dir / "stats.json").unlink()
-    model, _ = load_run_model(folder)
+    model, _ = load_classifier(folder)
     _assert_normalisation(model, REFERENCE_MEAN, REFERENCE_STD)
 
 

@@ -16,8 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from hpa_tf.data import pipeline, prepare
-from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import read_cached_rgby
+from hpa_tf.layout import COLORS, DataLayout
 
 SIZE = 64  # tiny preset cache size
 
@@ -204,7 +204,7 @@ def test_two_replicas_each_get_half_of_the_global_batch(prepared):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from hpa_tf.data import pipeline, prepare
-        from hpa_tf.data.layout import DataLayout
+        from hpa_tf.layout import DataLayout
         layout = DataLayout({str(root)!r})
         frame = pd.read_csv(layout.split_dir / "random_ext_folds5" / "random_train_cv0.csv")
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -230,7 +230,7 @@ def test_two_replicas_each_get_half_of_the_global_batch(prepared):
 def test_tfrecord_shards_give_the_same_examples_as_the_files(prepared):
     root, _ = prepared
     layout = DataLayout(root)
-    prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, tfrecords=True)
+    prepare.prepare(root, workers=1, progress=False, tfrecords=True)
     frame = pd.read_csv(layout.split_dir / "random_ext_folds5" / "random_valid_cv3.csv")
 
     def examples(tfrecords):

@@ -15,10 +15,10 @@ import pytest
 
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
-from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import read_cached_rgby
 from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES
+from hpa_tf.layout import COLORS, DataLayout
 from hpa_tf.parallel import imap
 
 SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
@@ -32,7 +32,7 @@ def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 
 
 def _run(root: Path, **kwargs) -> dict:
-    return prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, **kwargs)
+    return prepare.prepare(root, workers=1, progress=False, **kwargs)
 
 
 def _temporaries(root: Path) -> list[Path]:

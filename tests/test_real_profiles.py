@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpa_tf.config import classifier_config, metric_config
+from hpa_tf.config import classifier_config, embedder_config
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def backbones(adapted_backbone):
     ("metric", "resnet50", 768, (24, 24, 2048)),              # spec 6.4: layer4 at 768
 ])
 def test_feature_maps(backbones, profile, key, side, expected):
-    config = metric_config("i768") if profile == "metric" else classifier_config(profile)
+    config = embedder_config("i768") if profile == "metric" else classifier_config(profile)
     assert (config.img_size if profile == "metric" else config.crop_size) == side
     assert tuple(backbones[key].compute_output_shape((2, side, side, 4))) == (2, *expected)
 

@@ -12,7 +12,6 @@ import tifffile
 from PIL import Image
 
 from hpa_tf.data.io import ImageReadError, read_gray, read_plane_jpg
-from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.data.resize import (
     cache_external_image,
     cache_is_complete,
@@ -21,6 +20,7 @@ from hpa_tf.data.resize import (
     read_cached_rgby,
     resize_bilinear,
 )
+from hpa_tf.layout import COLORS, DataLayout
 
 ID = "img_01"
 EXT_ID = "10580_1610_C1_1"

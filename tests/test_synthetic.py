@@ -20,8 +20,8 @@ from hpa_tf.data import synthetic
 from hpa_tf.data.cells import render_field
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
-from hpa_tf.data.layout import COLORS, DataLayout
 from hpa_tf.labels import KAGGLE_TRAIN_COUNTS, NUM_CLASSES, parse_target, targets_to_matrix
+from hpa_tf.layout import COLORS, DataLayout
 
 KAGGLE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-11e8-[0-9a-f]{4}-[0-9a-f]{12}$")
 HPA_ID = re.compile(r"^\d+_\d{4}_[A-H]\d{1,2}_\d+$")

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 from hpa_tf.data import prepare
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.data.resize import read_cached_rgby
 from hpa_tf.data.synthetic import generate
 from hpa_tf.data.tfrecords import (
@@ -23,6 +22,7 @@ from hpa_tf.data.tfrecords import (
     write_tfrecords,
 )
 from hpa_tf.errors import DataError
+from hpa_tf.layout import DataLayout
 
 SIZE = 64  # the tiny preset's image size: prepare's default cache size for it
 SMALL_SHARD = 100_000  # 6 images of 64 x 64 x 4 bytes per shard
@@ -32,7 +32,7 @@ SMALL_SHARD = 100_000  # 6 images of 64 x 64 x 4 bytes per shard
 def root(tmp_path_factory) -> Path:
     """A tiny dataset prepared with TFRecords."""
     path = generate(tmp_path_factory.mktemp("tfrecords") / "tiny", "tiny", 3, progress=False)
-    prepare.prepare(path, workers=1, progress=False, log=lambda *_: None, tfrecords=True)
+    prepare.prepare(path, workers=1, progress=False, tfrecords=True)
     return Path(path)
 
 
@@ -117,7 +117,7 @@ def test_small_shards_are_all_readable_with_a_consistent_index(root, tmp_path):
 def test_rerun_rewrites_nothing(root):
     layout = DataLayout(root)
     before = {g: _mtimes(tfrecord_dir(layout, g, SIZE)) for g in GROUPS}
-    prepare.prepare(root, workers=1, progress=False, log=lambda *_: None, tfrecords=True)
+    prepare.prepare(root, workers=1, progress=False, tfrecords=True)
     write_tfrecords(layout, "train", _group_ids(root, "train"), SIZE, progress=False)
     assert {g: _mtimes(tfrecord_dir(layout, g, SIZE)) for g in GROUPS} == before
 

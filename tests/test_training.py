@@ -21,16 +21,16 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from hpa_tf.config import ConfigError, classifier_config
-from hpa_tf.errors import ModelError
-from hpa_tf.inference.predict import load_run_model
+from hpa_tf.errors import ModelError, TrainingSetupError
+from hpa_tf.layout import RunLayout
 from hpa_tf.losses import classifier_loss
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.classifier import build_classifier
-from hpa_tf.training.callbacks import EpochCheckpoints, ResumingCSVLogger, epoch_weights
+from hpa_tf.models.loading import load_classifier
+from hpa_tf.schedules import learning_rate
+from hpa_tf.training.callbacks import EpochCheckpoints, ResumingCSVLogger
 from hpa_tf.training.classifier import train_classifier
 from hpa_tf.training.evaluate import class_report, draw_report, evaluate_run
-from hpa_tf.training.loop import TrainingSetupError
-from hpa_tf.training.schedules import learning_rate
 from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
 from hpa_tf.training.trainer import GlobalBatchTrainer
 
@@ -219,7 +219,7 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
         with pytest.raises(KeyboardInterrupt):
             train_classifier(config, progress=False)
     folder = tmp_path / "demo" / "fold0"
-    assert epoch_weights(folder, 2).is_file() and not epoch_weights(folder, 3).exists()
+    assert RunLayout(folder).epoch_weights(2).is_file() and not RunLayout(folder).epoch_weights(3).exists()
     assert pd.read_csv(folder / "log.csv")["epoch"].tolist() == [0, 1]  # the row of epoch 2 is written
     backed_up = json.loads((folder / "backup" / "training_metadata.json").read_text())["epoch"]
     assert backed_up == 1  # epoch 2's backup is not
@@ -227,13 +227,13 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     summary = train_classifier(config, progress=False)  # trains epochs 2 and 3
     log = pd.read_csv(folder / "log.csv")
     assert log["epoch"].tolist() == [0, 1, 2]  # each epoch once: the killed run's row of epoch 2 is gone
-    assert all(epoch_weights(folder, e).is_file() for e in (1, 2, 3))
+    assert all(RunLayout(folder).epoch_weights(e).is_file() for e in (1, 2, 3))
     assert not (folder / "backup").exists()  # removed once the run is complete
     best = json.loads((folder / "best.json").read_text())
     assert best["epoch"] == summary["best_epoch"] == int(log.loc[log["val_focal"].idxmin(), "epoch"]) + 1
     assert best["val_focal"] == pytest.approx(log["val_focal"].min(), rel=1e-6)
     best_weights = (folder / "best.weights.h5").read_bytes()
-    assert best_weights == epoch_weights(folder, best["epoch"]).read_bytes()  # not the killed run's
+    assert best_weights == RunLayout(folder).epoch_weights(best["epoch"]).read_bytes()  # not the killed run's
     steps_per_epoch = 194 // 16  # fold 0 of the tiny dataset has 194 training rows
     assert summary["optimizer_steps"] == 3 * steps_per_epoch  # the optimizer state was restored too
     model = build_classifier(config.backbone, weights=None)
@@ -242,25 +242,26 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     assert len(report) == 28 and report["positives"].sum() > 0
     assert ((report["f1_at_rate"] >= 0) & (report["f1_at_rate"] <= 1)).all()
     assert summary["curves"] == str(folder / "training_curves.png")  # drawn from the complete log
-    charts = draw_report(report, folder, "best.weights.h5")
+    charts = draw_report(report, RunLayout(folder), "best.weights.h5")
     assert [p.name for p in charts] == ["per_class_f1.png", "training_curves.png"]
     with Image.open(charts[0]) as png:
         assert png.size == (800, 900)
 
     # The finished run, run again: reported in one line, nothing trained or written.
-    log_bytes, last_written = (folder / "log.csv").read_bytes(), epoch_weights(folder, 3).stat().st_mtime_ns
+    log_bytes = (folder / "log.csv").read_bytes()
+    last_written = RunLayout(folder).epoch_weights(3).stat().st_mtime_ns
     again = train_classifier(config, progress=False)
     assert again["optimizer_steps"] == 0 and again.get("already_finished")
     assert again["best_epoch"] == summary["best_epoch"] and again["val_focal"] == summary["val_focal"]
     capsys.readouterr()
     assert _cli(["--data-dir", str(root), "--out", str(tmp_path), "--profile", "demo", "--img-size", "64",
-                 "--crop-size", "32", "--batch-size", "16", "--epochs", "3", "--quiet"]) == 0
+                 "--crop-size", "32", "--batch-size", "16", "--epochs", "3"]) == 0
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1
     assert said[0].startswith(f"{folder} holds a finished run: best epoch {best['epoch']} of 3")
     assert "--restart" in said[0]
     assert (folder / "log.csv").read_bytes() == log_bytes
-    assert epoch_weights(folder, 3).stat().st_mtime_ns == last_written
+    assert RunLayout(folder).epoch_weights(3).stat().st_mtime_ns == last_written
 
     # A checkpoint cut short is a named ModelError, not h5py's traceback.
     damaged = tmp_path / "damaged"
@@ -268,7 +269,7 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     shutil.copy(folder / "config.json", damaged)
     (damaged / "best.weights.h5").write_bytes(best_weights[:len(best_weights) // 2])
     with pytest.raises(ModelError, match=re.escape(str(damaged / "best.weights.h5")) + ".*retrain"):
-        load_run_model(damaged)
+        load_classifier(damaged)
 
     # --restart deletes the run's files (not others') and trains anew: 2 epochs of the stretched schedule.
     (folder / "notes.txt").write_text("mine")
@@ -278,7 +279,7 @@ def test_interrupted_run_resumes_to_the_same_epochs_and_a_best_checkpoint(prepar
     log = pd.read_csv(folder / "log.csv")
     assert log["epoch"].tolist() == [0, 1]  # a new run's log, not appended to the old one
     np.testing.assert_allclose(log["learning_rate"], [3e-4, 1e-5], rtol=1e-6)  # Adam45's epochs 23, 45
-    assert epoch_weights(folder, 2).is_file() and not epoch_weights(folder, 3).exists()
+    assert RunLayout(folder).epoch_weights(2).is_file() and not RunLayout(folder).epoch_weights(3).exists()
     assert not (folder / "per_class_f1.png").exists()  # the old run's chart went with it
     assert json.loads((folder / "best.json").read_text())["epoch"] in (1, 2)
     assert json.loads((folder / "config.json").read_text())["epochs"] == 2
@@ -292,16 +293,16 @@ def test_resumed_checkpoints_choose_the_best_again_without_the_epochs_trained_ag
     net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     for number in (1, 2):
         net.layers[0].bias.assign([number, number])
-        net.save_weights(epoch_weights(tmp_path, number))
+        net.save_weights(RunLayout(tmp_path).epoch_weights(number))
     rows = ["epoch,loss,val_focal,val_nn", "0,2.0,0.5,0.25", "1,1.0,0.4,0.5", "1,1.0,0.3,0.5"]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "best.json").write_text(json.dumps({"epoch": 2, "val_focal": 0.3, "val_nn": 0.5}))
-    shutil.copy(epoch_weights(tmp_path, 2), tmp_path / "best.weights.h5")
-    checkpoints = EpochCheckpoints(net, tmp_path, report=False, log=tmp_path / "log.csv")
+    shutil.copy(RunLayout(tmp_path).epoch_weights(2), tmp_path / "best.weights.h5")
+    checkpoints = EpochCheckpoints(net, RunLayout(tmp_path), report=False)
     checkpoints.on_train_begin()
     checkpoints.on_epoch_begin(1)
     assert json.loads((tmp_path / "best.json").read_text()) == {"epoch": 1, "val_focal": 0.5, "val_nn": 0.25}
-    assert (tmp_path / "best.weights.h5").read_bytes() == epoch_weights(tmp_path, 1).read_bytes()
+    assert (tmp_path / "best.weights.h5").read_bytes() == RunLayout(tmp_path).epoch_weights(1).read_bytes()
     assert (checkpoints.best_epoch, checkpoints.best_value) == (1, 0.5)
 
     logger = ResumingCSVLogger(tmp_path / "log.csv")
@@ -376,12 +377,11 @@ def test_cli_trains_on_two_mirrored_cpu_replicas(prepared, tmp_path):
         "import train_classifier\n"
         "sys.exit(train_classifier.main(sys.argv[1:]))\n")
     args = ["--data-dir", str(root), "--profile", "demo", "--img-size", "64", "--crop-size", "32",
-            "--batch-size", "16", "--epochs", "1", "--strategy", "mirrored", "--out", str(tmp_path),
-            "--quiet"]
+            "--batch-size", "16", "--epochs", "1", "--strategy", "mirrored", "--out", str(tmp_path)]
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
                           env=_env(), timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "; 2 replica(s)" in done.stdout and "best epoch 1" in done.stdout
     config = json.loads((tmp_path / "demo" / "fold0" / "config.json").read_text())
     assert config["replicas"] == 2 and config["strategy"] == "mirrored"
-    assert epoch_weights(tmp_path / "demo" / "fold0", 1).is_file()
+    assert RunLayout(tmp_path / "demo" / "fold0").epoch_weights(1).is_file()

@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 
 from hpa_tf.config import classifier_config
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.errors import RunFolderError
 from hpa_tf.inference.postprocess import THRESHOLD_GRID, fit_thresholds
 from hpa_tf.inference.predict import InferenceError, tta_probabilities
 from hpa_tf.inference.validation import (
@@ -27,6 +27,7 @@ from hpa_tf.inference.validation import (
     write_validation,
 )
 from hpa_tf.labels import LABEL_NAMES
+from hpa_tf.layout import DataLayout
 from hpa_tf.models.classifier import build_classifier, load_stats
 from hpa_tf.training.classifier import split_frames
 
@@ -198,5 +199,5 @@ def test_out_of_fold_refuses_folds_that_do_not_make_one_oof_set(fold_runs, tmp_p
                                                        f"random_ext_folds5 of {tmp_path}")):
         out_of_fold([runs / "fold0", other_split])
     (other_split / "best.weights.h5").unlink()
-    with pytest.raises(InferenceError, match=re.escape(f"{other_split / 'best.weights.h5'} not found")):
+    with pytest.raises(RunFolderError, match=re.escape(f"{other_split / 'best.weights.h5'} not found")):
         out_of_fold([runs / "fold0", other_split])

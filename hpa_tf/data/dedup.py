@@ -14,6 +14,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from hpa_tf.output import bars_disabled
+
 HASH_CHANNELS = ("red", "green", "blue")  # yellow is not hashed (spec 2)
 MAX_DISTANCE = 12  # per-channel Hamming limit of the reference (spec 2)
 COLUMNS = ("query", "reference", "dist_r", "dist_g", "dist_b")
@@ -91,7 +93,7 @@ def match_hashes(
 
     parts = []
     starts = range(0, n, chunk_size)
-    for start in tqdm(starts, desc="pHash matching", unit="chunk", disable=not progress):
+    for start in tqdm(starts, desc="pHash matching", unit="chunk", disable=bars_disabled(progress)):
         q = query[start : start + chunk_size]
         rows = len(q)
         xor, count, mask = xor_buf[:rows], count_buf[:rows], mask_buf[:rows]

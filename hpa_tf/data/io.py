@@ -14,8 +14,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from hpa_tf.data.layout import COLORS, SPLITS, DataLayout, validate_id
 from hpa_tf.errors import DataError
+from hpa_tf.layout import COLORS, KAGGLE_FOLDERS, DataLayout, validate_id
 
 PathLike = str | os.PathLike
 
@@ -175,8 +175,8 @@ def read_rgby(layout: DataLayout, image_id: str, source: str, split: str = "trai
     validate_id(image_id)
     if source not in SOURCES:
         raise ValueError(f"unknown image source {source!r}; expected one of {SOURCES}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split not in KAGGLE_FOLDERS:
+        raise ValueError(f"unknown split {split!r}; expected one of {KAGGLE_FOLDERS}")
     planes = []
     for color in COLORS:
         if source == "png":

@@ -17,10 +17,10 @@ import pandas as pd
 import tensorflow as tf
 
 from hpa_tf.data.io import ImageReadError, read_gray
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.data.resize import cache_paths
 from hpa_tf.errors import DataError
 from hpa_tf.labels import targets_to_matrix
+from hpa_tf.layout import DataLayout
 
 AUTOTUNE = tf.data.AUTOTUNE
 # The 8 dihedral transforms in the reference's order (spec 5.2, 5.3) as (flipud, fliplr, transpose),

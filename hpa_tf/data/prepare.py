@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -31,11 +32,14 @@ from hpa_tf.atomic import remove_temporaries, write_csv_atomic, write_json_atomi
 from hpa_tf.data import splits
 from hpa_tf.data.dedup import match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
-from hpa_tf.data.layout import COLORS, DataLayout, validate_id
 from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
-from hpa_tf.errors import USER_ERRORS, DataError
+from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
+from hpa_tf.layout import COLORS, DataLayout, validate_id
+from hpa_tf.output import bars_disabled, run_or_exit, setup_logging
 from hpa_tf.parallel import imap
+
+log = logging.getLogger(__name__)
 
 REAL_DATA_SIZES = (768, 1536)  # what the i768 and i1536 training profiles read (spec 1.2)
 FOLD_SEED = 100  # random_state of every split in the reference (spec 3)
@@ -163,10 +167,6 @@ def source_signature(layout: DataLayout, ref: ImageRef) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _manifest_path(layout: DataLayout, size: int) -> Path:
-    return layout.meta_dir / f"cache_manifest_{size}.csv"
-
-
 def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
     """A bookkeeping CSV of an earlier run, or None when absent or not in the expected format."""
     if not path.is_file():
@@ -178,7 +178,7 @@ def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
 def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[str]]:
     """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it has
     an older format), so that every cache is checked by decoding it."""
-    frame = _read_saved(_manifest_path(layout, size), ["key", *COLORS])
+    frame = _read_saved(layout.cache_manifest(size), ["key", *COLORS])
     if frame is None:
         return {}
     rows = frame[list(COLORS)].to_numpy().tolist()
@@ -249,7 +249,7 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
     workers = workers if len(tasks) >= 64 else 1  # a pool only pays for itself on larger jobs
     try:
         with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
-                  disable=not progress or not tasks) as bar:
+                  disable=bars_disabled(progress) or not tasks) as bar:
             for key, cached, feats in imap(_image_task, tasks, workers, chunksize=16):
                 for size, fingerprints in cached.items():
                     manifests[size][key] = fingerprints
@@ -260,7 +260,7 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
         wanted = {ref.key for ref in refs}
         for size in sizes:
             rows = [[k, *v] for k, v in sorted(manifests[size].items()) if k in wanted]
-            write_csv_atomic(pd.DataFrame(rows, columns=["key", *COLORS]), _manifest_path(layout, size))
+            write_csv_atomic(pd.DataFrame(rows, columns=["key", *COLORS]), layout.cache_manifest(size))
         rows = [[k, sources[k], *v] for k, v in sorted(features.items()) if k in wanted]
         write_csv_atomic(pd.DataFrame(rows, columns=["key", "source", *_FEATURES]), feature_path)
     return {k: v for k, v in features.items() if k in wanted}
@@ -343,7 +343,7 @@ def default_sizes(layout: DataLayout) -> list[int]:
 
 
 def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
-            progress: bool = True, log=print, tfrecords: bool = False, verify: bool = False) -> dict:
+            progress: bool = True, tfrecords: bool = False, verify: bool = False) -> dict:
     """Run every preparation step on data_dir; returns a summary (counts of images and matches).
 
     With tfrecords, also writes TFRecord shards of the caches of every group and size; with verify, a
@@ -365,7 +365,7 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     refs = {"train": [ImageRef("kaggle", "train", i) for i in train_meta["Id"]],
             "test": [ImageRef("kaggle", "test", i) for i in test_meta["Id"]],
             "external": [ImageRef("external", "train", i) for i in external_meta["Id"]]}
-    log(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
+    log.info(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
         f"resize caches at {sizes}")
     features = process_images(layout, refs["train"] + refs["test"] + refs["external"], sizes, workers,
                               progress, verify)
@@ -383,7 +383,7 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
         extra = pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False)
         corrected = splits.correct_external_labels(antibody_all, extra)
-        log(f"label correction from {layout.train_extra_csv.name} (spec 3.4)")
+        log.info(f"label correction from {layout.train_extra_csv.name} (spec 3.4)")
     write_csv_atomic(corrected, layout.meta_dir / "external_antibody_correct_meta.csv")
 
     if tfrecords:  # imported here: TensorFlow is loaded only when asked for
@@ -394,17 +394,17 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
                 folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress)
                 shards = shard_paths(layout, group, size)
                 megabytes = sum(p.stat().st_size for p in shards) / 2**20
-                log(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "
+                log.info(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "
                     f"{megabytes:.1f} MB in {folder}")
 
     stats = channel_statistics(features, refs["train"] + refs["test"])
-    write_json_atomic(stats, layout.meta_dir / "stats.json")
+    write_json_atomic(stats, layout.stats_json)
     summary = {"train": len(refs["train"]), "test": len(refs["test"]), "external": len(refs["external"]),
                "train_match_external": len(train_ext), "test_match_test": len(test_test),
                "test_match_external": len(test_ext), "sizes": sizes}
-    log("matches: {train_match_external} train<->HPAv18, {test_match_test} test<->test (both orders), "
+    log.info("matches: {train_match_external} train<->HPAv18, {test_match_test} test<->test (both orders), "
         "{test_match_external} test<->HPAv18".format(**summary))
-    log(f"channel mean {stats['mean']} std {stats['std']} (R, G, B, Y)")
+    log.info(f"channel mean {stats['mean']} std {stats['std']} (R, G, B, Y)")
     return summary
 
 
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="resize cache sizes (default: 768 1536 for "
                                                              "real data, the image size for synthetic)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     parser.add_argument("--verify", action="store_true",
                         help="a rerun also checks each cache file's CRC-32 against the manifest (reads every "
                              "cache file; without it, sizes only), so files damaged in place are redone")
@@ -426,19 +426,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write TFRecord shards of the resize caches, for clusters and remote "
                              "storage")
     args = parser.parse_args(argv)
-    if args.data_dir is None:
-        from hpa_tf.data.synthetic import ensure_dataset
+    setup_logging(args.quiet)
 
-        args.data_dir = ensure_dataset("demo")
-    start = time.perf_counter()
-    try:
+    def action():
+        if args.data_dir is None:
+            from hpa_tf.data.synthetic import ensure_dataset
+
+            args.data_dir = ensure_dataset("demo", progress=not args.quiet)
+        start = time.perf_counter()
         prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords,
                 verify=args.verify)
-    except USER_ERRORS as error:  # PrepareError, ImageReadError, the split functions' DataError, OS errors
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"prepared {args.data_dir} in {time.perf_counter() - start:.1f} s")
-    return 0
+        log.info(f"prepared {args.data_dir} in {time.perf_counter() - start:.1f} s")
+
+    # PrepareError, ImageReadError, the split functions' DataError, OS errors: one `error:` line
+    return run_or_exit(action)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 
 from hpa_tf.atomic import write_atomic
 from hpa_tf.data.io import ImageReadError, read_gray, read_rgby, stack_channels, to_uint8
-from hpa_tf.data.layout import COLORS, DataLayout
+from hpa_tf.layout import COLORS, DataLayout
 
 KINDS = ("kaggle", "external")  # Kaggle PNG caches, HPAv18 JPEG caches
 EXTERNAL_JPEG_QUALITY = 85  # spec 1.3

@@ -18,9 +18,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from hpa_tf.atomic import write_atomic, write_csv_atomic
-from hpa_tf.data.layout import DataLayout, validate_id
 from hpa_tf.data.resize import read_cached_rgby
 from hpa_tf.errors import DataError
+from hpa_tf.layout import DataLayout, validate_id
+from hpa_tf.output import bars_disabled
 from hpa_tf.parallel import imap
 
 GROUPS = {"train": ("kaggle", "train"), "test": ("kaggle", "test"), "external": ("external", "train")}
@@ -62,7 +63,7 @@ def tfrecord_dir(layout: DataLayout, group: str, size: int) -> Path:
     """Folder of one group's shards: root/tfrecords/{group}_{size}."""
     if group not in GROUPS:
         raise ValueError(f"unknown TFRecord group {group!r}; expected one of {list(GROUPS)}")
-    return layout.root / "tfrecords" / f"{group}_{int(size)}"
+    return layout.tfrecord_dir(group, size)
 
 
 def shard_name(i: int, n: int) -> str:
@@ -145,8 +146,8 @@ def write_tfrecords(layout: DataLayout, group: str, refs_or_ids: Iterable, size:
     kind, split = GROUPS[group]
     images = _read_images(partial(read_cached_rgby, layout, kind, split, size=size), ids, workers)
     rows = []
-    with tqdm(total=len(ids), desc=f"TFRecords {group} {size}", unit="img", disable=not progress) as bar, \
-            closing(images):
+    with tqdm(total=len(ids), desc=f"TFRecords {group} {size}", unit="img",
+              disable=bars_disabled(progress)) as bar, closing(images):
         for i in range(n_shards):
             name, chunk = shard_name(i, n_shards), ids[i * per_shard:(i + 1) * per_shard]
 

@@ -4,22 +4,24 @@ from the same val sweep, spec 10.4, for its own embedding)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.config import InferenceConfig
 from hpa_tf.embeddings import best_cosine_elsewhere, load_embeddings, matching_space
 from hpa_tf.errors import InferenceError
-from hpa_tf.inference.neighbors import match, threshold_sweep
+from hpa_tf.inference.neighbours import match, threshold_sweep
+from hpa_tf.inference.runs import require_embedder, resolve
 from hpa_tf.labels import parse_target
-from hpa_tf.training.loop import read_split
-from hpa_tf.training.metric import ensure_embeddings
+from hpa_tf.layout import DataLayout
+from hpa_tf.training.embedder import ensure_embeddings
 
-AUTO = "auto"
-IMPOSTOR_RATE = 0.01  # the largest share of val images that may find another antibody above the threshold
+log = logging.getLogger(__name__)
+IMPOSTOR_RATE = InferenceConfig.impostor_rate  # the share of val images allowed to match another antibody
 GRID = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the reference's 0.01 steps (it printed 0.60-0.79)
 ANTIBODY_SPLITS = {"ext": "external_antibody_split.csv", "train": "external_trainset_antibody_split.csv",
                    "val": "external_validset_antibody_split.csv"}
@@ -47,7 +49,7 @@ def split_rows(layout: DataLayout, name: str, position: dict[str, int]) -> tuple
     """(split frame `name` of ANTIBODY_SPLITS, its rows in embeddings_ext.npz, whose row of each Id is
     `position`): the antibody splits are subsets of all HPAv18 images, so their one-pass embeddings are
     those rows (no second extraction)."""
-    frame = read_split(layout, ANTIBODY_SPLITS[name])
+    frame = layout.read_split(ANTIBODY_SPLITS[name])
     missing = [i for i in frame["Id"] if i not in position]
     if missing:
         raise InferenceError(f"{layout.split_dir / ANTIBODY_SPLITS[name]} lists {len(missing)} images "
@@ -102,9 +104,14 @@ def changes(sweep: pd.DataFrame) -> pd.DataFrame:
     return sweep[(counts != counts.shift()).any(axis=1)]
 
 
-def run_sweep(metric_run, data_dir, progress: bool = True) -> pd.DataFrame:
-    """`infer.py --sweep`: val_sweep of a metric run's embeddings_ext.npz (extracted first where missing or
-    older than its checkpoint)."""
-    (path,) = ensure_embeddings(metric_run, ["ext"], progress=progress)
+def run_sweep(config: InferenceConfig) -> Choice:
+    """`infer.py --sweep`: val_sweep of the metric run's embeddings_ext.npz (extracted first where missing
+    or older than its checkpoint); logs the rows where counts change and returns the threshold auto takes."""
+    runs = resolve(config)
+    (path,) = ensure_embeddings(require_embedder(runs, "--sweep").root, ["ext"], progress=config.progress)
     feats, ids = load_embeddings(path)
-    return val_sweep(feats, ids, DataLayout(data_dir))
+    sweep = val_sweep(feats, ids, runs.data)
+    choice = choose(sweep, config.impostor_rate)
+    log.info(changes(sweep).round(4).to_string(index=False))
+    log.info(choice.describe())
+    return choice

@@ -3,18 +3,15 @@ mean, and the mean over groups of test<->test duplicates (spec 2)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from hpa_tf.config import TTA_SEEDS
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.errors import InferenceError
-from hpa_tf.models.checkpoint import load_checkpoint
-from hpa_tf.models.classifier import build_classifier, load_stats
 
 COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
 COMBINE_NUMPY = {"max": np.max, "mean": np.mean}
@@ -30,20 +27,6 @@ def check_images(source: pipeline.Source, frame: pd.DataFrame, what: str) -> Non
         if missing:
             raise InferenceError(f"{what.format(image_id)} has no image file {missing[0]}: run "
                                  f"`python -m hpa_tf.data.prepare --data-dir {source.layout.root}`")
-
-
-def load_run_model(folder: str | Path, weights: str = "best.weights.h5"):
-    """(classifier with the run's checkpoint, the run's config dict) of a train_classifier.py fold folder."""
-    folder = Path(folder)
-    checkpoint, config_path = folder / weights, folder / "config.json"
-    for path in (config_path, checkpoint):
-        if not path.is_file():
-            raise InferenceError(f"{path} not found: train this fold first (python train_classifier.py)")
-    config = json.loads(config_path.read_text())
-    stats = DataLayout(config["data_dir"]).meta_dir / "stats.json"
-    mean, std = load_stats(stats if stats.is_file() else None)
-    model = build_classifier(config["backbone"], weights=None, large=config["large"], mean=mean, std=std)
-    return load_checkpoint(model, checkpoint, "python train_classifier.py --restart"), config
 
 
 def view_indices(seeds, views: list[str] | None = None) -> list[int]:
@@ -74,7 +57,7 @@ def combined_probabilities(model, views: tf.Tensor, combine: str = "max") -> tf.
 
 
 def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
-                       seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
+                       seeds=TTA_SEEDS, combine: str = "max", batch_size: int = 4,
                        views: list[str] | None = None) -> np.ndarray:
     """[S, N, 28]: per seed (spec 5.4) the chosen dihedral views of each image combined by `combine`; the
     views of `batch_size` images go through one forward pass."""
@@ -97,7 +80,7 @@ def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop
 
 
 def tta_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop_size: int,
-                      seeds=(0, 1, 2, 3), combine: str = "max", batch_size: int = 4,
+                      seeds=TTA_SEEDS, combine: str = "max", batch_size: int = 4,
                       views: list[str] | None = None) -> np.ndarray:
     """[N, 28] probabilities: sigmoid of every view (the dihedral transforms named in `views`, default all
     8, x seeds: spec 5.3-5.4), combined per image by element-wise `combine` (spec 9.2); the max (mean) of

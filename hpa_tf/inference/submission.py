@@ -5,18 +5,18 @@ leak replacement, then nearest-HPAv18 label replacement by the metric embedding.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hpa_tf.atomic import remove_temporaries, save_npy_atomic, write_csv_atomic, write_json_atomic
+from hpa_tf.config import AUTO, InferenceConfig
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.embeddings import load_embeddings
-from hpa_tf.inference.match_threshold import AUTO, IMPOSTOR_RATE, choose, val_sweep
-from hpa_tf.inference.neighbors import cached_index, evidence_table, match, replace_labels
+from hpa_tf.inference.match_threshold import choose, val_sweep
+from hpa_tf.inference.neighbours import cached_index, evidence_table, match, replace_labels
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import (
     COMBINE_NUMPY,
@@ -24,31 +24,16 @@ from hpa_tf.inference.predict import (
     check_images,
     duplicate_groups,
     group_mean,
-    load_run_model,
     seed_probabilities,
 )
+from hpa_tf.inference.runs import TrainedRuns, resolve
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
+from hpa_tf.layout import DataLayout, RunLayout, SubmissionFiles
 from hpa_tf.metrics import macro_f1
-from hpa_tf.training.metric import ensure_embeddings
+from hpa_tf.models.loading import load_classifier
+from hpa_tf.training.embedder import ensure_embeddings
 
-
-@dataclass
-class InferenceOptions:
-    """What `python infer.py --submission` does; see its --help."""
-
-    folds: list[str]  # run fold folders with best.weights.h5
-    output: Path = Path("submission.csv")
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    views: list[str] | None = None  # dihedral TTA views (default all 8)
-    combine: str = "max"
-    ratio_source: str = "train"
-    leak: bool = True
-    metric_run: Path | None = None  # folder with embeddings_test.npz and embeddings_ext.npz
-    match_threshold: float | str = AUTO  # a cosine, or chosen on the antibody val split
-    impostor_rate: float = IMPOSTOR_RATE  # what `auto` allows
-    neighbour_k: int = 3  # nearest HPAv18 images per test image in OUTPUT.neighbours.csv
-    batch_size: int = 4
-    progress: bool = True  # progress bars of an embedding extraction
+log = logging.getLogger(__name__)
 
 
 def write_submission(path: str | Path, ids: list[str], targets: list[str]) -> Path:
@@ -64,139 +49,129 @@ def class_counts(steps: list[tuple[str, list[str]]]) -> pd.DataFrame:
                         index=LABEL_NAMES)
 
 
-def ensemble_probabilities(options: InferenceOptions, layout: DataLayout, test: pd.DataFrame
-                           ) -> tuple[list[np.ndarray], np.ndarray]:
+def ensemble_probabilities(config: InferenceConfig, folds: list[RunLayout], layout: DataLayout,
+                           test: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray]:
     """(the TTA probabilities of every fold run; the fold mean of the seed-0 views alone: what the
     exported SavedModel computes)."""
-    fold_probs, fold_whole = [], []
-    for folder in options.folds:
-        model, config = load_run_model(folder)
-        source = pipeline.Source(layout, config["img_size"], "test", config["tfrecords"])
+    seeds, fold_probs, fold_whole = config.tta_seeds, [], []
+    for fold in folds:
+        model, run = load_classifier(fold.root)
+        source = pipeline.Source(layout, run.img_size, "test", run.tfrecords)
         check_images(source, test, "test image {} of sample_submission")
-        per_seed = seed_probabilities(model, source, test, config["crop_size"], options.seeds,
-                                      options.combine, options.batch_size, options.views)
-        fold_probs.append(COMBINE_NUMPY[options.combine](per_seed, axis=0))
-        fold_whole.append(per_seed[list(options.seeds).index(0)] if 0 in options.seeds else
-                          seed_probabilities(model, source, test, config["crop_size"], (0,), options.combine,
-                                             options.batch_size, options.views)[0])
-        print(f"{folder}: TTA probabilities of {len(test)} test images", flush=True)
+        per_seed = seed_probabilities(model, source, test, run.crop_size, seeds, config.combine,
+                                      config.batch_size, config.views)
+        fold_probs.append(COMBINE_NUMPY[config.combine](per_seed, axis=0))
+        fold_whole.append(per_seed[list(seeds).index(0)] if 0 in seeds else
+                          seed_probabilities(model, source, test, run.crop_size, (0,), config.combine,
+                                             config.batch_size, config.views)[0])
+        log.info(f"{fold.root}: TTA probabilities of {len(test)} test images")
     return fold_probs, np.mean(fold_whole, axis=0)
 
 
-def matching_embeddings(options: InferenceOptions, layout: DataLayout, ids: list[str]) -> dict:
+def matching_embeddings(config: InferenceConfig, embedder: RunLayout, layout: DataLayout, ids: list[str]
+                        ) -> dict:
     """The metric run's test and HPAv18 embeddings (extracted first where missing or stale) and the
     HPAv18 labels, checked before the long part: ids in sample_submission order, equal dimensions, every
     HPAv18 id labelled, every value finite."""
-    ensure_embeddings(options.metric_run, ["test", "ext"], progress=options.progress)
-    test_feats, test_ids = load_embeddings(options.metric_run / "embeddings_test.npz")
-    ext_feats, ext_ids = load_embeddings(options.metric_run / "embeddings_ext.npz")
+    ensure_embeddings(embedder.root, ["test", "ext"], progress=config.progress)
+    test_feats, test_ids = load_embeddings(embedder.embeddings("test"))
+    ext_feats, ext_ids = load_embeddings(embedder.embeddings("ext"))
     if test_ids.tolist() != list(ids):
-        raise InferenceError(f"{options.metric_run / 'embeddings_test.npz'}: its ids are not the test Ids "
-                             "of sample_submission in order; extract them again (train_metric.py --extract)")
+        raise InferenceError(f"{embedder.embeddings('test')}: its ids are not the test Ids of "
+                             "sample_submission in order; extract them again (train_metric.py --extract)")
     if test_feats.shape[1] != ext_feats.shape[1]:
         raise InferenceError(f"embedding dimensions differ: test {test_feats.shape[1]}, "
                              f"ext {ext_feats.shape[1]}")
-    corrected = pd.read_csv(layout.meta_dir / "external_antibody_correct_meta.csv", dtype=str,
-                            keep_default_na=False).set_index("Id")
+    corrected = layout.read_meta("external_antibody_correct_meta.csv").set_index("Id")
     missing = [i for i in ext_ids if i not in corrected.index]
     if missing:
-        raise InferenceError(f"embeddings_ext.npz has {len(missing)} ids without labels, e.g. {missing[0]}")
+        raise InferenceError(f"{embedder.embeddings('ext').name} has {len(missing)} ids without labels, "
+                             f"e.g. {missing[0]}")
     return {"test": test_feats, "ext": ext_feats, "ext_ids": ext_ids,
             "ext_meta": corrected.loc[ext_ids, ["antibody", "Target"]].reset_index()}
 
 
-def match_threshold(options: InferenceOptions, layout: DataLayout, embeddings: dict) -> float:
+def match_threshold(config: InferenceConfig, layout: DataLayout, embeddings: dict) -> float:
     """The neighbour step's cosine threshold: --match-threshold as given, or (auto) chosen on the antibody
-    val sweep of these embeddings and printed with the sweep row it came from."""
-    if options.match_threshold != AUTO:
-        return float(options.match_threshold)
-    choice = choose(val_sweep(embeddings["ext"], embeddings["ext_ids"], layout), options.impostor_rate)
-    print(choice.describe(), flush=True)
+    val sweep of these embeddings and logged with the sweep row it came from."""
+    if config.match_threshold != AUTO:
+        return float(config.match_threshold)
+    choice = choose(val_sweep(embeddings["ext"], embeddings["ext_ids"], layout), config.impostor_rate)
+    log.info(choice.describe())
     return choice.threshold
 
 
-def neighbour_step(options: InferenceOptions, embeddings: dict, ids: list[str], before: list[str],
-                   threshold: float) -> tuple[list[str], pd.DataFrame]:
+def neighbour_step(config: InferenceConfig, embedder: RunLayout, embeddings: dict, ids: list[str],
+                   before: list[str], threshold: float) -> tuple[list[str], pd.DataFrame]:
     """Spec 10.5: label sets replaced from the nearest HPAv18 image where its cosine is above `threshold`;
     returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
     test_feats, ext_feats = embeddings["test"], embeddings["ext"]
-    index, reused = cached_index(options.metric_run / "embeddings_ext.npz", ext_feats,
-                                 options.metric_run / "index_ext")
-    print(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
-          f"{options.metric_run / 'index_ext'}", flush=True)
-    indices, cosines = match(test_feats, ext_feats, k=options.neighbour_k, index=index)
+    index, reused = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
+    log.info(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
+             f"{embedder.index}")
+    indices, cosines = match(test_feats, ext_feats, k=config.neighbour_k, index=index)
     references = embeddings["ext_meta"]
     after, replaced = replace_labels(before, indices[:, 0], cosines[:, 0], references["Target"].tolist(),
                                      threshold)
-    print(f"neighbours: {int(replaced.sum())} of {len(ids)} label sets replaced (best cosine > "
-          f"{threshold:.2f})", flush=True)
+    log.info(f"neighbours: {int(replaced.sum())} of {len(ids)} label sets replaced (best cosine > "
+             f"{threshold:.2f})")
     return after, evidence_table(ids, before, after, replaced, indices, cosines, references, threshold)
 
 
-def neighbours_path(output: str | Path) -> Path:
-    """OUTPUT.neighbours.csv: the neighbour step's evidence (nearest HPAv18 images, labels before/after)."""
-    return Path(output).with_suffix(".neighbours.csv")
-
-
-def serving_path(output: str | Path) -> Path:
-    """OUTPUT.serving.json: what the exported classifier computes (thresholds, TTA combination, views)."""
-    return Path(output).with_suffix(".serving.json")
-
-
 def serving_record(output: str | Path) -> dict:
-    """The serving record of the last --submission to `output`, else 0.5 thresholds, max, all 8 views."""
-    path = serving_path(output)
+    """The serving record of the last --submission to `output`, else 0.5 thresholds, max, all 8 views
+    (logged as a warning)."""
+    path = SubmissionFiles(output).serving
     if path.is_file():
         return json.loads(path.read_text())
+    log.warning(f"note: no {path} (python infer.py --submission): labels at 0.5, 8-view max")
     return {"thresholds": [0.5] * 28, "combine": "max", "views": None, "fitted": False}
 
 
-def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
+def make_submission(config: InferenceConfig, runs: TrainedRuns) -> dict:
     """Run every step, write the submission, OUTPUT.steps.csv (the labels after each step),
     OUTPUT.neighbours.csv (the neighbour step's evidence) and OUTPUT.serving.json; return the steps
     [(name, targets)], macro-F1 per step where the truth is known (the synthetic test_truth.csv), the
     thresholds, the match threshold and the evidence table (None without a metric run)."""
-    layout = DataLayout(data_dir)
+    layout, embedder = runs.data, runs.embedder
     test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
     ids = test["Id"].tolist()
     embeddings = threshold = None  # before the long part: fails early, or extracts what is missing
-    if options.metric_run is not None:
-        embeddings = matching_embeddings(options, layout, ids)
-        threshold = match_threshold(options, layout, embeddings)
-    fold_probs, whole = ensemble_probabilities(options, layout, test)
-    groups = duplicate_groups(ids, pd.read_csv(layout.meta_dir / "test_match_test.csv", dtype=str))
+    if embedder is not None:
+        embeddings = matching_embeddings(config, embedder, layout, ids)
+        threshold = match_threshold(config, layout, embeddings)
+    fold_probs, whole = ensemble_probabilities(config, runs.folds, layout, test)
+    groups = duplicate_groups(ids, layout.read_meta("test_match_test.csv"))
     probs, whole = group_mean(np.mean(fold_probs, axis=0), groups), group_mean(whole, groups)
-    train_labels = targets_to_matrix(pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str,
-                                                 keep_default_na=False)["Target"])
-    target_ratios = ratios(options.ratio_source, train_labels)
+    train_labels = targets_to_matrix(layout.read_meta("train_meta.csv")["Target"])
+    target_ratios = ratios(config.ratio_source, train_labels)
     steps = [("cnn@0.5", multihot_targets(apply_thresholds(probs, np.full(28, 0.5))))]
     thresholds = fit_thresholds(probs, target_ratios)
     served = fit_thresholds(whole, target_ratios)  # what the exported model's labels use
     steps.append(("thresholds", multihot_targets(apply_thresholds(probs, thresholds))))
-    if options.leak:
-        leak = pd.read_csv(layout.meta_dir / "test_leak_meta.csv", dtype=str, keep_default_na=False)
-        steps.append(("leak", leak_replace(ids, steps[-1][1], leak)[0]))
+    if config.leak:
+        steps.append(("leak", leak_replace(ids, steps[-1][1], layout.read_meta("test_leak_meta.csv"))[0]))
     evidence = None
-    if options.metric_run is not None:
-        targets, evidence = neighbour_step(options, embeddings, ids, steps[-1][1], threshold)
+    if embedder is not None:
+        targets, evidence = neighbour_step(config, embedder, embeddings, ids, steps[-1][1], threshold)
         steps.append(("neighbours", targets))
     # Every output at the end, each atomically: a failed step above leaves the previous run's files.
-    output = Path(options.output)
-    remove_temporaries(output.parent, output.stem)  # of a run killed while writing
-    for folder, fold in zip(options.folds, fold_probs, strict=True):
-        save_npy_atomic(fold, output.with_suffix(f".{Path(folder).name}.prob.npy"))
-    save_npy_atomic(probs, output.with_suffix(".prob.npy"))  # rows: the Ids of sample_submission
-    write_csv_atomic(test, output.with_suffix(".prob_ids.csv"))
-    save_npy_atomic(thresholds, output.with_suffix(".thresholds.npy"))
-    write_json_atomic({"thresholds": served.tolist(), "combine": options.combine, "views": options.views,
-                       "ratios": options.ratio_source, "fitted": True}, serving_path(output))
+    files = SubmissionFiles(config.output)
+    remove_temporaries(files.output.parent, files.output.stem)  # of a run killed while writing
+    for fold, fold_prob in zip(runs.folds, fold_probs, strict=True):
+        save_npy_atomic(fold_prob, files.fold_probabilities(fold.root))
+    save_npy_atomic(probs, files.probabilities)  # rows: the Ids of sample_submission
+    write_csv_atomic(test, files.prob_ids)
+    save_npy_atomic(thresholds, files.thresholds)
+    write_json_atomic({"thresholds": served.tolist(), "combine": config.combine, "views": config.views,
+                       "ratios": config.ratio_source, "fitted": True}, files.serving)
     labels_per_step = {name: [format_target(parse_target(t)) for t in targets] for name, targets in steps}
-    write_csv_atomic(pd.DataFrame({"Id": ids, **labels_per_step}), output.with_suffix(".steps.csv"))
+    write_csv_atomic(pd.DataFrame({"Id": ids, **labels_per_step}), files.steps)
     if evidence is not None:
-        write_csv_atomic(evidence, neighbours_path(output))
+        write_csv_atomic(evidence, files.neighbours)
     else:  # no neighbour step: an earlier run's evidence would not describe this submission
-        neighbours_path(output).unlink(missing_ok=True)
-    write_submission(output, ids, steps[-1][1])  # last: its presence means the others are this run's
+        files.neighbours.unlink(missing_ok=True)
+    write_submission(files.output, ids, steps[-1][1])  # last: its presence means the others are this run's
     scores = {}
     if layout.test_truth_csv.is_file():
         truth = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False).set_index("Id")
@@ -204,6 +179,32 @@ def make_submission(options: InferenceOptions, data_dir: str | Path) -> dict:
         scores = {name: macro_f1(truth_matrix, targets_to_matrix(targets)) for name, targets in steps}
     return {"steps": steps, "scores": scores, "thresholds": thresholds, "match_threshold": threshold,
             "neighbours": evidence}
+
+
+def gallery_command(config: InferenceConfig, image_id: str) -> str:
+    """The command that draws `image_id`'s gallery with this run's data, runs and metric run."""
+    given = {"data_dir": config.data_dir, "runs": config.runs, "metric_run": config.metric_run}
+    default = InferenceConfig()
+    flags = [f"--{name.replace('_', '-')} {value}" for name, value in given.items()
+             if value is not None and value != getattr(default, name)]
+    return " ".join(["python infer.py --gallery", image_id, *flags])
+
+
+def run_submission(config: InferenceConfig) -> dict:
+    """`infer.py --submission`: make the submission and log the per-class counts after each step, the
+    macro-F1 after each step (synthetic data), the files written and a replaced image's gallery command."""
+    runs = resolve(config, need_folds=True)
+    result = make_submission(config, runs)
+    log.info(class_counts(result["steps"]).to_string())
+    for name, score in result["scores"].items():
+        log.info(f"macro-F1 after {name}: {score:.4f}")
+    log.info(f"submission written to {config.output}")
+    if result["neighbours"] is not None:
+        replaced = result["neighbours"].query("replaced")["Id"].tolist()
+        evidence = SubmissionFiles(config.output).neighbours
+        example = f"; a replaced image's gallery: {gallery_command(config, replaced[0])}" if replaced else ""
+        log.info(f"neighbour evidence written to {evidence} ({len(replaced)} replaced){example}")
+    return result
 
 
 def multihot_targets(labels: np.ndarray) -> list[str]:

@@ -4,22 +4,26 @@ the 0.5 threshold and the ratio thresholds, each with and without the top-1 rule
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hpa_tf.atomic import write_csv_atomic
+from hpa_tf.config import TTA_SEEDS, ClassifierConfig, InferenceConfig
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, ratios
-from hpa_tf.inference.predict import InferenceError, check_images, load_run_model, tta_probabilities
+from hpa_tf.inference.predict import InferenceError, check_images, tta_probabilities
+from hpa_tf.inference.runs import resolve
 from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES
+from hpa_tf.layout import DataLayout, RunLayout
 from hpa_tf.metrics import f1_per_class
+from hpa_tf.models.loading import load_classifier
+from hpa_tf.training.classifier import split_frames
 
 RULES = ("0.5", "0.5 + top-1", "thresholds", "thresholds + top-1")
-WEIGHTS = "best.weights.h5"  # the checkpoint load_run_model reads by default
+log = logging.getLogger(__name__)
 MACRO_ROWS = {"macro_f1": "macro", "macro_f1_kaggle": "macro_kaggle"}  # summary column -> CSV row name
 
 
@@ -30,70 +34,61 @@ def f1_column(rule: str) -> str:
 
 # ------------------------------------------------------------------------------------------ predictions
 
-def fold_config(folder: str | Path) -> dict:
-    """A fold folder's config.json, after checking that it and its checkpoint exist (fail before the
+def fold_config(folder: str | Path) -> ClassifierConfig:
+    """A fold folder's configuration, after checking that it and its checkpoint exist (fail before the
     long part)."""
-    folder = Path(folder)
-    for path in (folder / "config.json", folder / WEIGHTS):
-        if not path.is_file():
-            raise InferenceError(f"{path} not found: train this fold first (python train_classifier.py)")
-    config = json.loads((folder / "config.json").read_text())
-    missing = [key for key in ("data_dir", "split", "fold", "img_size", "crop_size") if key not in config]
-    if missing:
-        raise InferenceError(f"{folder / 'config.json'} lacks {missing}: not a train_classifier.py fold "
-                             "folder")
+    run = RunLayout(folder)
+    config = run.read_config(ClassifierConfig)
+    run.checkpoint(ClassifierConfig)
     return config
 
 
-def check_folds(folders: list[Path], configs: list[dict]) -> None:
+def check_folds(folders: list[Path], configs: list[ClassifierConfig]) -> None:
     """InferenceError unless the folds are distinct folds of one split of one dataset (OOF rows would
     otherwise overlap or come from different images)."""
     if not folders:
         raise InferenceError("no trained fold to validate: train one first "
-                             "(python train_classifier.py --fold K)")
+                             f"({ClassifierConfig.command} --fold K)")
     first, base = folders[0], configs[0]
-    root = Path(base["data_dir"]).resolve()
+    root = Path(base.data_dir).resolve()
     seen: dict[int, Path] = {}
     for folder, config in zip(folders, configs, strict=True):
-        if Path(config["data_dir"]).resolve() != root or config["split"] != base["split"]:
-            raise InferenceError(f"{first} was trained on split {base['split']} of {base['data_dir']} but "
-                                 f"{folder} on split {config['split']} of {config['data_dir']}: "
+        if Path(config.data_dir).resolve() != root or config.split != base.split:
+            raise InferenceError(f"{first} was trained on split {base.split} of {base.data_dir} but "
+                                 f"{folder} on split {config.split} of {config.data_dir}: "
                                  "out-of-fold predictions need the folds of one split of one dataset")
-        fold = int(config["fold"])
-        if fold in seen:
-            raise InferenceError(f"{seen[fold]} and {folder} are both fold {fold} of split {base['split']}: "
-                                 "give each fold once")
-        seen[fold] = folder
+        if config.fold in seen:
+            raise InferenceError(f"{seen[config.fold]} and {folder} are both fold {config.fold} of split "
+                                 f"{base.split}: give each fold once")
+        seen[config.fold] = folder
 
 
-def out_of_fold(folds, seeds=(0, 1, 2, 3), views=None, combine: str = "max",
+def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max",
                 batch_size: int = 4) -> tuple[pd.DataFrame, np.ndarray]:
     """(frame with Id, Target, External, fold; float32 probabilities [N, 28] in its row order): each fold
     folder's TTA predictions of its own validation split, concatenated in the order given (spec 9.3)."""
-    from hpa_tf.training.classifier import split_frames  # training code, needed only here
-
     folders = [Path(f) for f in folds]
     configs = [fold_config(f) for f in folders]
     check_folds(folders, configs)
     jobs, owner = [], {}
     for folder, config in zip(folders, configs, strict=True):  # every check before the long part
-        layout = DataLayout(config["data_dir"])
-        _, valid = split_frames(layout, config["split"], int(config["fold"]))
+        layout = DataLayout(config.data_dir)
+        _, valid = split_frames(layout, config.split, config.fold)
         for image_id in valid["Id"]:
             if image_id in owner:
                 raise InferenceError(f"validation image {image_id} is in the validation splits of both "
                                      f"{owner[image_id]} and {folder}: prepare the splits again")
             owner[image_id] = folder
-        source = pipeline.Source(layout, config["img_size"], "train", config.get("tfrecords", False))
+        source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
         check_images(source, valid, f"validation image {{}} of {folder}")
         jobs.append((folder, config, source, valid))
     frames, probs = [], []
     for folder, config, source, valid in jobs:
-        model, _ = load_run_model(folder, WEIGHTS)
-        probs.append(tta_probabilities(model, source, valid, config["crop_size"], seeds=tuple(seeds),
+        model, _ = load_classifier(folder)
+        probs.append(tta_probabilities(model, source, valid, config.crop_size, seeds=tuple(seeds),
                                        combine=combine, batch_size=batch_size, views=views))
-        frames.append(valid[["Id", "Target", "External"]].assign(fold=int(config["fold"])))
-        print(f"{folder}: TTA probabilities of {len(valid)} validation images", flush=True)
+        frames.append(valid[["Id", "Target", "External"]].assign(fold=config.fold))
+        log.info(f"{folder}: TTA probabilities of {len(valid)} validation images")
     frame = pd.concat(frames, ignore_index=True)
     return frame, np.concatenate(probs).astype(np.float32)
 
@@ -179,14 +174,24 @@ def read_validation(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary, per_class
 
 
-def validate(folds, ratio_source: str = "train", seeds=(0, 1, 2, 3), views=None, combine: str = "max",
+def validate(folds, ratio_source: str = "train", seeds=TTA_SEEDS, views=None, combine: str = "max",
              batch_size: int = 4, path: str | Path = "validation.csv") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`infer.py --validate`: the folds' OOF predictions scored (ratios from `ratio_source` and the
-    dataset's train_meta.csv, spec 10.1) and written to `path`; returns (summary, per_class)."""
+    """The folds' OOF predictions scored (ratios from `ratio_source` and the dataset's train_meta.csv,
+    spec 10.1) and written to `path`; returns (summary, per_class)."""
     frame, probs = out_of_fold(folds, seeds, views, combine, batch_size)
-    layout = DataLayout(fold_config(folds[0])["data_dir"])
-    train = pd.read_csv(layout.meta_dir / "train_meta.csv", dtype=str, keep_default_na=False)
-    target = ratios(ratio_source, pipeline.frame_labels(train))
+    layout = DataLayout(fold_config(folds[0]).data_dir)
+    target = ratios(ratio_source, pipeline.frame_labels(layout.read_meta("train_meta.csv")))
     summary, per_class = validation_report(pipeline.frame_labels(frame), probs, target, kaggle_rows(frame))
     write_validation(summary, per_class, path)
+    return summary, per_class
+
+
+def run_validation(config: InferenceConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`infer.py --validate`: validate the trained folds of `config` and log both tables."""
+    runs = resolve(config, need_folds=True)
+    summary, per_class = validate([fold.root for fold in runs.folds], config.ratio_source, config.tta_seeds,
+                                  config.views, config.combine, config.batch_size, config.validation_csv)
+    log.info(per_class.round(4).to_string(index=False))
+    log.info(summary.round(4).to_string(index=False))
+    log.info(f"validation table written to {config.validation_csv}")
     return summary, per_class

@@ -6,38 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import keras
 
-from hpa_tf.atomic import write_bytes_atomic, write_json_atomic
+from hpa_tf.atomic import copy_atomic, save_weights_atomic, write_bytes_atomic, write_json_atomic
 from hpa_tf.errors import TrainingSetupError
+from hpa_tf.layout import RunLayout
 
-BEST_WEIGHTS = "best.weights.h5"
-BEST_STATE = "best.json"
-LOG = "log.csv"
-
-
-def epoch_weights(folder: str | Path, epoch: int) -> Path:
-    """Where the weights after 1-based `epoch` are saved: `{epoch:03d}.weights.h5`."""
-    return Path(folder) / f"{epoch:03d}.weights.h5"
-
-
-def save_weights_atomic(model: keras.Model, path: Path) -> None:
-    """model.save_weights to a temporary name in the same folder, then renamed: never half-written."""
-    temporary = path.with_name(f".{path.name[:-len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5")
-    model.save_weights(temporary)
-    os.replace(temporary, path)
-
-
-def copy_atomic(source: Path, target: Path) -> None:
-    """Copy a file through a temporary name, so the target is either old or complete."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+log = logging.getLogger(__name__)
 
 
 def read_log(path: Path) -> tuple[list[str], dict[int, list[str]]]:
@@ -101,26 +80,25 @@ class EpochCheckpoints(keras.callbacks.Callback):
     """Saves the network's weights every epoch and copies the epoch with the best `monitor` (lowest for
     mode "min", e.g. the classifier's whole-split validation focal loss; highest for "max", e.g. MAP@5) to
     best.weights.h5; best.json keeps that choice across resumes. Adds best_epoch and best_<monitor> to
-    the epoch logs and, with `report`, prints one line per epoch.
+    the epoch logs and, with `report`, logs one line per epoch.
 
     When a resumed fit starts before the saved best epoch (a run killed after that epoch's checkpoint but
-    before its backup), the best is chosen again among the epochs before it from the run's `log`."""
+    before its backup), the best is chosen again among the epochs before it from the run's log.csv."""
 
-    def __init__(self, net: keras.Model, folder: str | Path, monitor: str = "val_focal", mode: str = "min",
-                 write: bool = True, report: bool = True, log: str | Path | None = None):
+    def __init__(self, net: keras.Model, run: RunLayout, monitor: str = "val_focal", mode: str = "min",
+                 write: bool = True, report: bool = True):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.net, self.folder, self.monitor = net, Path(folder), monitor
+        self.net, self.run, self.monitor = net, run, monitor
         self.sign = 1 if mode == "min" else -1
         self.write, self.report = write, report
-        self.log = Path(log) if log is not None else None
         self.best_epoch, self.best_value = 0, float("inf") * self.sign
         self.first_epoch = None
 
     def on_train_begin(self, logs=None):
         self.first_epoch = None
-        state = self.folder / BEST_STATE
+        state = self.run.best_state
         if state.is_file():
             saved = json.loads(state.read_text())
             self.best_epoch, self.best_value = int(saved["epoch"]), float(saved[self.monitor])
@@ -134,7 +112,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
     def _choose_best_before(self, epoch: int) -> None:
         """The best of the logged epochs before 0-based `epoch` becomes best.weights.h5 / best.json (none
         when there is no such epoch)."""
-        header, rows = read_log(self.log) if self.log is not None else ([], {})
+        header, rows = read_log(self.run.log)
         self.best_epoch, self.best_value, best_row = 0, float("inf") * self.sign, None
         if self.monitor in header:
             column = header.index(self.monitor)
@@ -145,37 +123,37 @@ class EpochCheckpoints(keras.callbacks.Callback):
         if not self.write:
             return
         if best_row is None:
-            (self.folder / BEST_STATE).unlink(missing_ok=True)
-            (self.folder / BEST_WEIGHTS).unlink(missing_ok=True)
+            self.run.best_state.unlink(missing_ok=True)
+            self.run.best_weights.unlink(missing_ok=True)
             return
-        copy_atomic(epoch_weights(self.folder, self.best_epoch), self.folder / BEST_WEIGHTS)
+        copy_atomic(self.run.epoch_weights(self.best_epoch), self.run.best_weights)
         figures = {k: _number(v) for k, v in zip(header, best_row, strict=True) if k.startswith("val_")}
         write_json_atomic({"epoch": self.best_epoch, self.monitor: self.best_value,
-                           **{k: v for k, v in figures.items() if v is not None}}, self.folder / BEST_STATE)
+                           **{k: v for k, v in figures.items() if v is not None}}, self.run.best_state)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         number = epoch + 1
         if self.monitor not in logs:
             raise TrainingSetupError(
-                f"epoch {number} logged no {self.monitor!r}, which chooses {self.folder / BEST_WEIGHTS} (it "
+                f"epoch {number} logged no {self.monitor!r}, which chooses {self.run.best_weights} (it "
                 f"logged {sorted(logs)}): the run needs a validation split that gives it (an empty one "
                 "gives none)")
         value = float(logs[self.monitor])
-        path = epoch_weights(self.folder, number)
+        path = self.run.epoch_weights(number)
         if self.write:
             save_weights_atomic(self.net, path)
         if self.sign * value < self.sign * self.best_value:
             self.best_epoch, self.best_value = number, value
             if self.write:
-                copy_atomic(path, self.folder / BEST_WEIGHTS)
+                copy_atomic(path, self.run.best_weights)
                 write_json_atomic({"epoch": number, self.monitor: value,
                                    **{k: float(v) for k, v in logs.items() if k.startswith("val_")}},
-                                  self.folder / BEST_STATE)
+                                  self.run.best_state)
         logs["best_epoch"] = self.best_epoch
         logs[f"best_{self.monitor}"] = self.best_value
         if self.report:
             figures = ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items()
                                 if k == "loss" or k.startswith("val_"))
-            print(f"epoch {number}: {figures}; best epoch {self.best_epoch} "
-                  f"({self.monitor} {self.best_value:.4f}) -> {self.folder / BEST_WEIGHTS}", flush=True)
+            log.info(f"epoch {number}: {figures}; best epoch {self.best_epoch} "
+                     f"({self.monitor} {self.best_value:.4f}) -> {self.run.best_weights}")

@@ -5,43 +5,32 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hpa_tf.config import SPLITS, ClassifierConfig
+from hpa_tf.config import FOLD_FAMILIES, ClassifierConfig
 from hpa_tf.data import device_augment, pipeline
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.errors import TrainingSetupError
+from hpa_tf.layout import DataLayout, RunLayout
 from hpa_tf.losses import classifier_loss
-from hpa_tf.models.classifier import build_classifier, load_stats
-from hpa_tf.training.loop import (
-    Session,
-    TrainingSetupError,
-    adam,
-    begin_run,
-    fit_run,
-    read_split,
-    start_session,
-    training_dataset,
-)
+from hpa_tf.models.loading import build_run_model
+from hpa_tf.training.loop import Session, adam, begin_run, fit_run, start_session, training_dataset
 from hpa_tf.training.split_metrics import ElementAccuracy, SplitFocalLoss, SplitMacroF1
 from hpa_tf.training.trainer import GlobalBatchTrainer
 
 
 def split_frames(layout: DataLayout, split: str, fold: int):
     """(train, valid) rows of fold `fold` of a prepared split (spec 3.1, 3.2)."""
-    folder = SPLITS[split]
-    return tuple(read_split(layout, f"{folder}/random_{part}_cv{fold}.csv") for part in ("train", "valid"))
+    folder = FOLD_FAMILIES[split]
+    return tuple(layout.read_split(f"{folder}/random_{part}_cv{fold}.csv") for part in ("train", "valid"))
 
 
-def run_folder(config: ClassifierConfig) -> Path:
+def run_folder(config: ClassifierConfig) -> RunLayout:
     """Where a run's checkpoints and logs go: out_dir/run/fold<k>."""
-    return Path(config.out_dir) / config.run_name / f"fold{config.fold}"
+    return RunLayout(Path(config.out_dir) / config.run_name / f"fold{config.fold}")
 
 
 def build_trainer(config: ClassifierConfig, layout: DataLayout) -> GlobalBatchTrainer:
     """The classifier (normalised with the dataset's stats.json) wrapped for global-batch training and
     compiled; call inside the strategy's scope."""
-    stats = layout.meta_dir / "stats.json"
-    mean, std = load_stats(stats if stats.is_file() else None)
-    net = build_classifier(config.backbone, weights=config.weights, large=config.large, mean=mean, std=std,
-                           dropout=config.dropout, sync_bn=config.sync_bn)
+    net = build_run_model(config, config.weights, layout)
     prepare = None
     if config.device_augment:
         prepare = functools.partial(device_augment.apply_plans, img_size=config.img_size,

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from hpa_tf.labels import LABEL_NAMES
+from hpa_tf.layout import DataLayout, RunLayout
 from hpa_tf.metrics import f1_per_class
-from hpa_tf.viz import f1_bar_chart, training_curves
+from hpa_tf.output import run_or_exit
 
 
 def rate_thresholds(probs: np.ndarray, rates: np.ndarray) -> np.ndarray:
@@ -46,18 +47,18 @@ def class_report(truth: np.ndarray, probs: np.ndarray, train_rates: np.ndarray) 
         "rate_threshold": thresholds, "f1_at_rate": f1_per_class(truth, probs > thresholds)})
 
 
-def evaluate_run(folder: str | Path, weights: str = "best.weights.h5", batch_size: int = 64) -> pd.DataFrame:
+def evaluate_run(folder: str | Path, weights: str = RunLayout.BEST_WEIGHTS, batch_size: int = 64
+                 ) -> pd.DataFrame:
     """The class report of a run folder's checkpoint on its validation fold."""
     from hpa_tf.data import pipeline
-    from hpa_tf.data.layout import DataLayout
-    from hpa_tf.inference.predict import load_run_model
+    from hpa_tf.models.loading import load_classifier
     from hpa_tf.training.classifier import split_frames
 
-    model, config = load_run_model(folder, weights)
-    layout = DataLayout(config["data_dir"])
-    train, valid = split_frames(layout, config["split"], config["fold"])
-    source = pipeline.Source(layout, config["img_size"], "train", config["tfrecords"])
-    images = pipeline.valid_dataset(source, valid, config["crop_size"], batch_size).map(lambda x, y: x)
+    model, config = load_classifier(folder, weights)
+    layout = DataLayout(config.data_dir)
+    train, valid = split_frames(layout, config.split, config.fold)
+    source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
+    images = pipeline.valid_dataset(source, valid, config.crop_size, batch_size).map(lambda x, y: x)
     probs = 1.0 / (1.0 + np.exp(-model.predict(images, verbose=0)))
     return class_report(pipeline.frame_labels(valid), probs, pipeline.frame_labels(train).mean(0))
 
@@ -66,24 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpa_tf.training.evaluate",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a run folder (runs/<run>/fold<k>) written by train_classifier.py")
-    parser.add_argument("--weights", default="best.weights.h5", help="checkpoint file in the folder")
+    parser.add_argument("--weights", default=RunLayout.BEST_WEIGHTS, help="checkpoint file in the folder")
     args = parser.parse_args(argv)
-    report = evaluate_run(args.folder, args.weights)
-    print(report.round(3).to_string(index=False))
-    print(f"macro: AUC {np.nanmean(report['auc']):.3f}, F1 at 0.5 {report['f1_at_0.5'].mean():.4f}, "
-          f"F1 at training-rate thresholds {report['f1_at_rate'].mean():.4f}")
-    for path in draw_report(report, Path(args.folder), args.weights):
-        print(f"chart written to {path}")
-    return 0
+
+    def action():
+        report = evaluate_run(args.folder, args.weights)
+        print(report.round(3).to_string(index=False))
+        print(f"macro: AUC {np.nanmean(report['auc']):.3f}, F1 at 0.5 {report['f1_at_0.5'].mean():.4f}, "
+              f"F1 at training-rate thresholds {report['f1_at_rate'].mean():.4f}")
+        for path in draw_report(report, RunLayout(args.folder), args.weights):
+            print(f"chart written to {path}")
+
+    return run_or_exit(action)
 
 
-def draw_report(report: pd.DataFrame, folder: Path, weights: str) -> list[Path]:
+def draw_report(report: pd.DataFrame, run: RunLayout, weights: str) -> list[Path]:
     """per_class_f1.png of a class report, and training_curves.png when the folder has a log.csv."""
+    from hpa_tf.viz import f1_bar_chart, training_curves  # matplotlib, only to draw
+
     scores = {"F1 at 0.5": report["f1_at_0.5"].to_numpy(),
               "F1 at training-rate thresholds": report["f1_at_rate"].to_numpy()}
-    written = [f1_bar_chart(scores, folder / "per_class_f1.png", f"{folder} ({weights}), validation fold")]
-    if (folder / "log.csv").is_file():
-        written.append(training_curves(folder / "log.csv", folder / "training_curves.png", str(folder)))
+    written = [f1_bar_chart(scores, run.class_chart, f"{run.root} ({weights}), validation fold")]
+    if run.log.is_file():
+        written.append(training_curves(run.log, run.curves, str(run.root)))
     return written
 
 

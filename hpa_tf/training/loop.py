@@ -5,38 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import pandas as pd
 import tensorflow as tf
 
 from hpa_tf.atomic import write_json_atomic
 from hpa_tf.config import PRECISIONS, RunConfig
 from hpa_tf.data import pipeline
-from hpa_tf.data.layout import DataLayout
+from hpa_tf.data.synthetic import ensure_demo
 from hpa_tf.errors import TrainingSetupError
+from hpa_tf.layout import DataLayout, RunLayout
 from hpa_tf.models.backbones import check_backbone
-from hpa_tf.training.callbacks import (
-    BEST_STATE,
-    BEST_WEIGHTS,
-    LOG,
-    EpochCheckpoints,
-    ResumingCSVLogger,
-    read_log,
-)
-from hpa_tf.training.schedules import learning_rate
-from hpa_tf.viz import training_curves
+from hpa_tf.output import keras_verbose
+from hpa_tf.schedules import learning_rate
+from hpa_tf.training.callbacks import EpochCheckpoints, ResumingCSVLogger, read_log
 
+log = logging.getLogger(__name__)
 ADAM_EPSILON = 1e-8  # PyTorch's default (Keras' is 1e-7), spec 8.1
-CONFIG = "config.json"
-BACKUP = "backup"  # BackupAndRestore's folder: present while a run is unfinished
-# What a run writes in its folder (with the NNN.weights.h5 of every epoch), all deleted by a restart:
-# training's files, the evaluation charts and the embeddings (and their neighbour index) of a metric run.
-RUN_FILES = (CONFIG, LOG, BEST_WEIGHTS, BEST_STATE, "training_curves.png", "per_class_f1.png")
-RUN_FOLDERS = (BACKUP, "tensorboard", "index_ext")
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -67,24 +56,9 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
     return chief, f"{task_type}-{task_id}"
 
 
-def demo_data_dir(img_size: int, progress: bool = True) -> Path:
-    """The embedded synthetic demo dataset, generated and prepared at `img_size` on first use."""
-    from hpa_tf.data.prepare import prepare
-    from hpa_tf.data.synthetic import ensure_dataset
-
-    root = ensure_dataset("demo", seed=0)
-    layout = DataLayout(root)
-    if not (layout.meta_dir / f"cache_manifest_{img_size}.csv").is_file() or \
-            not (layout.meta_dir / "stats.json").is_file():
-        print(f"preparing {root} at {img_size} px (first use)", flush=True)
-        prepare(root, sizes=[img_size], progress=progress)
-    return root
-
-
 def _check_caches(layout: DataLayout, img_size: int, tfrecords: bool) -> None:
     """Fail early, naming the prepare command, when the resize cache (or TFRecords) of img_size is absent."""
-    marker = (layout.root / "tfrecords" / f"train_{img_size}") if tfrecords else \
-        (layout.meta_dir / f"cache_manifest_{img_size}.csv")
+    marker = layout.tfrecord_dir("train", img_size) if tfrecords else layout.cache_manifest(img_size)
     if not marker.exists():
         flag = " --tfrecords" if tfrecords else ""
         raise TrainingSetupError(f"{marker} not found: run `python -m hpa_tf.data.prepare --data-dir "
@@ -116,22 +90,13 @@ def start_session(config: RunConfig, progress: bool = True) -> Session:
     keras.config.set_dtype_policy(PRECISIONS[config.precision])
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
-    data_dir = Path(config.data_dir) if config.data_dir else demo_data_dir(config.img_size, progress)
+    data_dir = Path(config.data_dir) if config.data_dir else ensure_demo(config.img_size, progress)
     layout = DataLayout(data_dir)
     _check_caches(layout, config.img_size, config.tfrecords)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise TrainingSetupError(f"--batch-size {config.batch_size} is not divisible by the "
                                  f"{strategy.num_replicas_in_sync} replicas")
     return Session(strategy, layout, *worker_role(strategy))
-
-
-def read_split(layout: DataLayout, name: str):
-    """The prepared split CSV `split/<name>`, or TrainingSetupError naming the prepare command."""
-    path = layout.split_dir / name
-    if not path.is_file():
-        raise TrainingSetupError(f"missing split file {path}: run "
-                                 f"`python -m hpa_tf.data.prepare --data-dir {layout.root}` first")
-    return pd.read_csv(path, dtype={"Id": str, "Target": str}, keep_default_na=False)
 
 
 def training_dataset(session: Session, builder, *args, **kwargs):
@@ -149,94 +114,89 @@ def adam(config: RunConfig) -> keras.optimizers.Adam:
                                  epsilon=ADAM_EPSILON)
 
 
-def finished_run(folder: Path, epochs: int) -> dict | None:
-    """The summary of the run in `folder` when it is finished (no backup/, best.weights.h5 and best.json
+def finished_run(run: RunLayout, epochs: int) -> dict | None:
+    """The summary of the run in `run` when it is finished (no backup/, best.weights.h5 and best.json
     present, every epoch of its config.json, else `epochs`, in log.csv); None otherwise."""
-    if (folder / BACKUP).exists() or not all((folder / name).is_file() for name in (LOG, BEST_WEIGHTS,
-                                                                                   BEST_STATE)):
+    if run.backup.exists() or not all(p.is_file() for p in (run.log, run.best_weights, run.best_state)):
         return None
-    if (folder / CONFIG).is_file():
-        epochs = int(json.loads((folder / CONFIG).read_text()).get("epochs", epochs))
-    if not set(range(epochs)) <= set(read_log(folder / LOG)[1]):
+    if run.config_json.is_file():
+        epochs = int(json.loads(run.config_json.read_text()).get("epochs", epochs))
+    if not set(range(epochs)) <= set(read_log(run.log)[1]):
         return None
-    best = json.loads((folder / BEST_STATE).read_text())
-    summary = {"folder": str(folder), "best_epoch": int(best["epoch"]),
-               "best_weights": str(folder / BEST_WEIGHTS), "optimizer_steps": 0, "epochs": epochs,
+    best = json.loads(run.best_state.read_text())
+    summary = {"folder": str(run.root), "best_epoch": int(best["epoch"]),
+               "best_weights": str(run.best_weights), "optimizer_steps": 0, "epochs": epochs,
                "already_finished": True, **best}
-    if (folder / "training_curves.png").is_file():
-        summary["curves"] = str(folder / "training_curves.png")
+    if run.curves.is_file():
+        summary["curves"] = str(run.curves)
     return summary
 
 
-def clear_run(folder: Path) -> None:
-    """Delete a run's files from its folder (RUN_FILES, RUN_FOLDERS, NNN.weights.h5, embeddings_*.npz);
-    anything else there, other workers' scratch folders included, stays."""
-    if not folder.is_dir():
+def clear_run(run: RunLayout) -> None:
+    """Delete a run's own files from its folder (RunLayout.is_run_file); anything else there, other
+    workers' scratch folders included, stays."""
+    if not run.root.is_dir():
         return
-    for path in folder.iterdir():
-        name = path.name
-        if name in RUN_FOLDERS and path.is_dir():
-            shutil.rmtree(path)
-        elif path.is_file() and (name in RUN_FILES or (name.endswith(".weights.h5") and
-                                                       name[:-len(".weights.h5")].isdigit())
-                                 or (name.startswith("embeddings_") and name.endswith(".npz"))):
-            path.unlink()
+    for path in run.root.iterdir():
+        if run.is_run_file(path):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def begin_run(config: RunConfig, session: Session, folder: Path, monitor: str, restart: bool = False
+def begin_run(config: RunConfig, session: Session, run: RunLayout, monitor: str, restart: bool = False
               ) -> dict | None:
     """Before building anything: with `restart`, delete the run's files (this worker's own scratch copy
-    on a worker that is not the chief) so that it trains anew; otherwise, when `folder` holds a finished
-    run, print one line saying so and return its summary (None: train, or resume)."""
+    on a worker that is not the chief) so that it trains anew; otherwise, when `run` holds a finished
+    run, log one line saying so and return its summary (None: train, or resume)."""
     if restart:
         if session.chief:
-            clear_run(folder)
+            clear_run(run)
         else:
-            shutil.rmtree(folder / f".scratch-{session.worker}", ignore_errors=True)
+            shutil.rmtree(run.scratch(session.worker).root, ignore_errors=True)
         return None
-    summary = finished_run(folder, config.epochs)
+    summary = finished_run(run, config.epochs)
     if summary is not None:
-        print(f"{folder} holds a finished run: best epoch {summary['best_epoch']} of {summary['epochs']} "
-              f"({monitor} {float(summary.get(monitor, float('nan'))):.4f}, {summary['best_weights']}); "
-              f"nothing to train. To train it again, rerun with --restart (deletes its files) or "
-              f"--run NAME (a new folder)", flush=True)
+        log.info(f"{run.root} holds a finished run: best epoch {summary['best_epoch']} of "
+                 f"{summary['epochs']} ({monitor} {float(summary.get(monitor, float('nan'))):.4f}, "
+                 f"{summary['best_weights']}); nothing to train. To train it again, rerun with --restart "
+                 "(deletes its files) or --run NAME (a new folder)")
     return summary
 
 
-def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds, valid_ds, folder: Path,
+def fit_run(config: RunConfig, session: Session, trainer: keras.Model, train_ds, valid_ds, run: RunLayout,
             monitor: str, mode: str, description: str, callbacks=(), progress: bool = True) -> dict:
     """Fit with the schedule, per-epoch and best checkpoints (by `monitor`, `mode` min or max), CSV log
     (drawn as training_curves.png at the end), TensorBoard and BackupAndRestore (a rerun resumes); returns
     the summary of the best epoch."""
-    files = folder if session.chief else folder / f".scratch-{session.worker}"  # thrown away at the end
-    files.mkdir(parents=True, exist_ok=True)
+    files = run if session.chief else run.scratch(session.worker)  # a worker's copy is thrown away
+    files.root.mkdir(parents=True, exist_ok=True)
     if session.chief:
         write_json_atomic({**dataclasses.asdict(config), "data_dir": str(session.layout.root),
-                           "replicas": session.replicas}, folder / CONFIG)
-    print(f"{description}; {session.replicas} replica(s), {config.epochs} epochs of {config.schedule}; "
-          f"files in {folder}", flush=True)
+                           "replicas": session.replicas}, run.config_json)
+    log.info(f"{description}; {session.replicas} replica(s), {config.epochs} epochs of {config.schedule}; "
+             f"files in {run.root}")
     schedule = keras.callbacks.LearningRateScheduler(
         lambda epoch, lr: learning_rate(config.schedule, epoch + 1, config.epochs, config.lr_scale))
-    verbose = config.verbose if progress else 0
+    verbose = keras_verbose(config.verbose, progress)
     # Keras' own epoch line shows the same figures when its progress output is on.
     checkpoints = EpochCheckpoints(trainer.net, files, monitor=monitor, mode=mode,
-                                   report=session.chief and verbose == 0, log=files / LOG)
+                                   report=session.chief and verbose == 0)
     # The order matters when a run is killed: an epoch's checkpoints, then its log row, then its backup;
     # a rerun resumes from the backup and drops the later row and best choice (ResumingCSVLogger,
     # EpochCheckpoints).
-    fit_callbacks = [schedule, *callbacks, checkpoints, ResumingCSVLogger(files / LOG),
-                     keras.callbacks.TensorBoard(str(files / "tensorboard")),
-                     keras.callbacks.BackupAndRestore(str(files / BACKUP), double_checkpoint=True)]
+    fit_callbacks = [schedule, *callbacks, checkpoints, ResumingCSVLogger(files.log),
+                     keras.callbacks.TensorBoard(str(files.tensorboard)),
+                     keras.callbacks.BackupAndRestore(str(files.backup), double_checkpoint=True)]
     trainer.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=fit_callbacks,
                 shuffle=False, verbose=verbose)
     if not session.chief:
-        shutil.rmtree(files, ignore_errors=True)
-    summary = {"folder": str(folder), "best_epoch": checkpoints.best_epoch,
-               "best_weights": str(folder / BEST_WEIGHTS),
+        shutil.rmtree(files.root, ignore_errors=True)
+    summary = {"folder": str(run.root), "best_epoch": checkpoints.best_epoch,
+               "best_weights": str(run.best_weights),
                "optimizer_steps": int(trainer.optimizer.iterations.numpy())}
-    if session.chief and (folder / BEST_STATE).is_file():
-        summary.update(json.loads((folder / BEST_STATE).read_text()))
-    if session.chief and (folder / LOG).is_file():
-        curves = training_curves(folder / LOG, folder / "training_curves.png", str(folder))
-        summary["curves"] = str(curves)
+    if session.chief and run.best_state.is_file():
+        summary.update(json.loads(run.best_state.read_text()))
+    if session.chief and run.log.is_file():
+        from hpa_tf.viz import training_curves  # matplotlib, only once a run has a log to draw
+
+        summary["curves"] = str(training_curves(run.log, run.curves, str(run.root)))
     return summary

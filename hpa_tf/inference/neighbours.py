@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import write_json_atomic
+from hpa_tf.atomic import write_folder_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import format_target, parse_target
@@ -22,6 +22,7 @@ from hpa_tf.labels import format_target, parse_target
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
 EXACT_BELOW = 20_000
 INDEX_INFO = "hpa_tf_index.json"
+SCANN_ASSETS = "scann_assets.pbtxt"  # ScaNN's list of its files
 INDEX_VERSION = 3  # bumped when the index's build settings change, so saved indexes are rebuilt
 
 
@@ -40,7 +41,7 @@ class NeighbourIndex:
         """Index `references` (matching space), exactly below `exact_below` rows. ScaNN defaults: sqrt(n)
         spherical k-means leaves (unit centroids: plain ones favour long centroids under the dot product
         and lose ~1% recall@1), 1/5 of them searched, the best 250 candidates re-ranked exactly
-        (benchmarks/neighbors.py: recall and speed against exact search and FAISS)."""
+        (benchmarks/neighbours.py: recall and speed against exact search and FAISS)."""
         references = np.ascontiguousarray(references, dtype=np.float32)
         if exact or len(references) < exact_below:
             return cls(references)
@@ -65,19 +66,23 @@ class NeighbourIndex:
         return np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def save(self, folder: str | Path, fingerprint: str | None = None) -> Path:
-        """Write the index (ScaNN's own files, or the reference rows for exact search) to a folder;
-        `fingerprint` names what it was built from. Its info file is removed first and written last
-        (atomically), so an interrupted save leaves no index that load() accepts. In place: ScaNN's
-        files record their own absolute paths."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / INDEX_INFO).unlink(missing_ok=True)
-        np.save(folder / "references.npy", self.references)
-        if self.searcher is not None:
-            self.searcher.serialize(str(folder))
-        write_json_atomic({"scann": self.searcher is not None, "rows": len(self.references),
-                           "fingerprint": fingerprint}, folder / INDEX_INFO)
-        return folder
+        """Write the index (ScaNN's own files, or the reference rows for exact search) to a folder, built
+        beside it and swapped in whole (atomic.write_folder_atomic); `fingerprint` names what it was
+        built from. ScaNN's asset list records absolute paths: they are pointed at the final folder."""
+        final = Path(folder).resolve()
+
+        def write(temporary: Path) -> None:
+            temporary = temporary.resolve()
+            np.save(temporary / "references.npy", self.references)
+            if self.searcher is not None:
+                self.searcher.serialize(str(temporary))
+                assets = temporary / SCANN_ASSETS
+                assets.write_text(assets.read_text().replace(f'"{temporary}/', f'"{final}/'))
+            (temporary / INDEX_INFO).write_text(json.dumps(
+                {"scann": self.searcher is not None, "rows": len(self.references),
+                 "fingerprint": fingerprint}, indent=2, sort_keys=True) + "\n")
+
+        return write_folder_atomic(folder, write)
 
     @classmethod
     def load(cls, folder: str | Path) -> NeighbourIndex:

@@ -1,41 +1,17 @@
 """The metric-learning model of spec 6.4: a 4-channel ResNet50 (no input normalisation), a 512-d
-embedding head, and ArcMarginProduct (cosines to L2-normalised class weights)."""
+embedding head, and the training network that puts ArcMarginProduct on it."""
 
 from __future__ import annotations
 
-import math
-
 import keras
-import tensorflow as tf
 
+from hpa_tf.config import EmbedderConfig
+from hpa_tf.layout import DataLayout
+from hpa_tf.models.arcface import ArcMarginProduct
 from hpa_tf.models.backbones import backbone
 from hpa_tf.models.classifier import concat_pool, torch_batchnorm, torch_dense
 
-
-class ArcMarginProduct(keras.layers.Layer):
-    """features [B, D] -> cosine [B, num_classes] between the L2-normalised features and the
-    L2-normalised rows of a [num_classes, D] weight initialised U(+-1/sqrt(D)) (spec 6.4); float32."""
-
-    def __init__(self, num_classes: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = int(num_classes)
-
-    def build(self, input_shape):
-        limit = 1.0 / math.sqrt(int(input_shape[-1]))
-        self.weight = self.add_weight(shape=(self.num_classes, int(input_shape[-1])), name="weight",
-                                      initializer=keras.initializers.RandomUniform(-limit, limit),
-                                      dtype="float32")
-
-    def call(self, features):
-        features = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1, epsilon=1e-12)
-        weight = tf.math.l2_normalize(tf.convert_to_tensor(self.weight), axis=-1, epsilon=1e-12)
-        return tf.matmul(features, weight, transpose_b=True)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.num_classes)
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
+ANTIBODY_SPLIT = "external_antibody_split.csv"  # every HPAv18 image with its antibody code (spec 3.3)
 
 
 def build_embedder(backbone_name: str = "resnet50", weights: str | None = "imagenet",
@@ -59,3 +35,18 @@ def build_embedder(backbone_name: str = "resnet50", weights: str | None = "image
     features = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, synchronized=sync_bn,
                                                dtype="float32", name="embedding")(x)
     return keras.Model(images, features, name=name)
+
+
+def number_of_classes(layout: DataLayout) -> int:
+    """Antibody classes: one more than the largest code of the split of all HPAv18 images."""
+    return int(layout.read_split(ANTIBODY_SPLIT)["antibody_code"].max()) + 1
+
+
+def build_arcface_network(config: EmbedderConfig, classes: int, weights: str | None = None) -> keras.Model:
+    """images -> cosines to the antibody classes: the embedder (layer 'embedder', backbone `weights`) then
+    ArcMarginProduct, as train_metric.py trains it."""
+    embedder = build_embedder(config.backbone, weights=weights, embedding_dim=config.embedding_dim,
+                              dropout=config.dropout, sync_bn=config.sync_bn)
+    images = keras.Input((None, None, 4), name="images")
+    cosine = ArcMarginProduct(classes, name="arc_margin")(embedder(images))
+    return keras.Model(images, cosine, name="metric_net")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hpa_tf.config import PRECISIONS, STRATEGIES
-from hpa_tf.training.schedules import SCHEDULES
+from hpa_tf.schedules import SCHEDULES
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precision", choices=sorted(PRECISIONS), default=None,
         help="fp32, or mixed precision bf16 / fp16 (fp16 with dynamic loss scaling)")
     add("--jit", action=argparse.BooleanOptionalAction, default=None, help="compile steps with XLA")
-    add("--quiet", action="store_true", help="no progress bars")
+    add("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     add("--restart", action="store_true",
         help="delete the run's files (checkpoints, logs, backup) and train it anew; without it a killed run "
              "resumes and a finished one is reported, not trained again")
@@ -56,14 +57,7 @@ def config_overrides(args: argparse.Namespace, skip=("profile",)) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip and k not in NOT_CONFIG}
 
 
-def run_or_exit(action) -> int:
-    """Run `action()`; a user-facing error (hpa_tf.errors) prints one `error:` line and gives exit status 2;
-    anything else is a bug and keeps its traceback."""
-    from hpa_tf.errors import USER_ERRORS
-
-    try:
-        action()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def prog(script: str) -> str:
+    """The program name in usage lines: the console script's name (hpa-...), else `python SCRIPT`."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("hpa-") else f"python {script}"

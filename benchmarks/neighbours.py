@@ -9,8 +9,8 @@ queries) and at 1M references.
   `nprobe` (1, 2, 4, ...) whose recall@1 reaches ScaNN's; recall against exact search on that subset.
 
     pip install -e ".[bench]"                      # faiss-cpu (benchmark only)
-    python benchmarks/neighbors.py                 # both sizes
-    python benchmarks/neighbors.py --sizes 74000   # the HPA size only
+    python benchmarks/neighbours.py                 # both sizes
+    python benchmarks/neighbours.py --sizes 74000   # the HPA size only
 
 Last lines: `exact_vs_faiss_flat_1m: <ratio>x` (queries/s of our exact search over FAISS's flat index),
 `scann_vs_faiss_ivf_1m: <ratio>x (...)` (queries/s of ScaNN over FAISS IVF at equal recall) and
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from hpa_tf.embeddings import exact_neighbours, l2_normalize
-from hpa_tf.inference.neighbors import NeighbourIndex
+from hpa_tf.inference.neighbours import NeighbourIndex
 
 
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, spread: float) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""The annotated pool: every HPAv18 image (embeddings_ext.npz, labels and antibody from
+meta/external_meta.csv) plus, when extracted, the Kaggle train images (embeddings_kaggle.npz, labels from
+meta/train_meta.csv; the antibody of the HPAv18 image a pHash match found, spec 2), put in matching space
+as one set (spec 10.4: column-standardised, unit rows); and the query images looked up in it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpa_tf.embeddings import exact_neighbours, load_embeddings, matching_space
+from hpa_tf.errors import InferenceError
+from hpa_tf.labels import parse_target
+from hpa_tf.layout import DataLayout, RunLayout
+
+log = logging.getLogger(__name__)
+EXTRACT_HINT = "python train_metric.py --extract test kaggle ext"
+
+
+@dataclass
+class AnnotatedPool:
+    """The annotated images: `frame` (Id, set "ext" | "kaggle", Target, antibody: "" when unknown) and
+    their embeddings in matching space, row for row."""
+
+    frame: pd.DataFrame
+    space: np.ndarray
+
+    def position(self, image_id: str) -> int | None:
+        rows = np.flatnonzero(self.frame["Id"].to_numpy() == image_id)
+        return int(rows[0]) if len(rows) else None
+
+    def split(self, row: int) -> str:
+        """Where a pool image's files are: "external" (HPAv18 JPEGs) or "train" (Kaggle train PNGs)."""
+        return "external" if self.frame["set"].iat[row] == "ext" else "train"
+
+
+def _meta(layout: DataLayout, name: str, columns: list[str]) -> pd.DataFrame:
+    return layout.read_meta(name)[columns].drop_duplicates("Id").set_index("Id")
+
+
+def annotated_pool(metric_run: str | Path, layout: DataLayout) -> AnnotatedPool:
+    """The pool of a metric run's extracted annotated sets (ext required, kaggle used when present)."""
+    run = RunLayout(metric_run)
+    ext = _meta(layout, "external_meta.csv", ["Id", "Target", "antibody"])
+    kaggle = _meta(layout, "train_meta.csv", ["Id", "Target"])
+    matches = layout.read_meta("train_match_external.csv")
+    matched = dict(zip(matches["Train"], ext["antibody"].reindex(matches["Extra"]).fillna(""), strict=True))
+    kaggle["antibody"] = [matched.get(i, "") for i in kaggle.index]
+    frames, feats = [], []
+    for name, meta in (("ext", ext), ("kaggle", kaggle)):
+        path = run.embeddings(name)
+        if name == "kaggle" and not path.is_file():
+            log.warning(f"note: {path} not found, the pool is HPAv18 only (add the Kaggle train images "
+                        "with `python train_metric.py --extract kaggle`)")
+            continue
+        if not path.is_file():
+            raise InferenceError(f"{path} not found: run `{EXTRACT_HINT}` first")
+        set_feats, ids = load_embeddings(path)
+        unknown = [i for i in ids if i not in meta.index]
+        if unknown:
+            raise InferenceError(f"{path} has {len(unknown)} ids without labels in the metadata, "
+                                 f"e.g. {unknown[0]}")
+        frames.append(meta.loc[ids].reset_index().assign(set=name))
+        feats.append(set_feats)
+    frame = pd.concat(frames, ignore_index=True)[["Id", "set", "Target", "antibody"]]
+    return AnnotatedPool(frame, matching_space(np.concatenate(feats)))
+
+
+@dataclass
+class Query:
+    """An image to show: its vector in matching space, where its files are and its known labels."""
+
+    image_id: str
+    vector: np.ndarray
+    kaggle_split: str  # "train" | "test"; "external" for HPAv18
+    true: list[int] | None
+    pool_row: int | None  # its own row in the pool (left out of its neighbours)
+
+
+def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, image_id: str) -> Query:
+    """The query of `image_id`: a pool image, or a test image (embeddings_test.npz, the test set
+    standardised on its own, spec 10.4) with its true labels where test_truth.csv exists (synthetic)."""
+    row = pool.position(image_id)
+    if row is not None:
+        return Query(image_id, pool.space[row], pool.split(row), parse_target(pool.frame["Target"].iat[row]),
+                     row)
+    path = RunLayout(metric_run).embeddings("test")
+    if path.is_file():
+        feats, ids = load_embeddings(path)
+        rows = np.flatnonzero(ids == image_id)
+        if len(rows):
+            truth = None
+            if layout.test_truth_csv.is_file():
+                known = pd.read_csv(layout.test_truth_csv, dtype=str, keep_default_na=False)
+                known = known.set_index("Id")["Target"]
+                truth = parse_target(known[image_id]) if image_id in known.index else None
+            return Query(image_id, matching_space(feats)[rows[0]], "test", truth, None)
+    sets = ", ".join(sorted(pool.frame["set"].unique()))
+    raise InferenceError(f"{image_id} is in none of the embedding files of {metric_run} (annotated: "
+                         f"{sets}; test: {'yes' if path.is_file() else 'not extracted'}): run "
+                         f"`{EXTRACT_HINT}`")
+
+
+def nearest_annotated(pool: AnnotatedPool, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool rows, cosines) of the k most similar annotated images, best first, the query itself left out."""
+    rows, cosines = exact_neighbours(query.vector[None, :], pool.space, k + 1)
+    keep = rows[0] != query.pool_row
+    return rows[0][keep][:k], cosines[0][keep][:k]
