@@ -155,12 +155,15 @@ def embedder_config(profile: str = "demo", **overrides) -> EmbedderConfig:
 
 def saved_config(saved: dict) -> RunConfig:
     """The typed configuration of a run's config.json (an embedder run has embedding_dim), replayed through
-    its profile and validated; keys that are not settings (replicas) are left out."""
+    its profile and validated; keys that are not settings (replicas) are left out, and saved random
+    weights (null) stay random."""
     kind, profiles = (EmbedderConfig, EMBEDDER_PROFILES) if "embedding_dim" in saved else \
         (ClassifierConfig, CLASSIFIER_PROFILES)
     fields = {f.name for f in dataclasses.fields(kind)} - {"profile"}
-    return make_config(kind, profiles, saved.get("profile", "demo"),
-                       **{k: v for k, v in saved.items() if k in fields})
+    values = {k: v for k, v in saved.items() if k in fields}
+    if "weights" in values and values["weights"] is None:
+        values["weights"] = "none"  # make_config's word for random weights (None keeps the profile's)
+    return make_config(kind, profiles, saved.get("profile", "demo"), **values)
 
 
 TTA_SEEDS = (0, 1, 2, 3)  # spec 5.4: seed 0 the whole image, 1-3 random-scale crops; 8 views each

@@ -24,8 +24,10 @@ class _StreamHandler(logging.StreamHandler):
 
 def setup_logging(quiet: bool = False) -> None:
     """The commands' logging: the package's messages as plain lines, INFO and up (WARNING and up with
-    `quiet`); calling it again replaces the handler."""
+    `quiet`), and only there (not again through a root handler that a library may have set up); calling
+    it again replaces the handler."""
     logger = logging.getLogger(PACKAGE_LOGGER)
+    logger.propagate = False
     logger.handlers = [h for h in logger.handlers if not isinstance(h, _StreamHandler)]
     handler = _StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))

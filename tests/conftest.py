@@ -51,7 +51,7 @@ def prepared(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_runs(prepared, tmp_path_factory):
     """(data root, runs root): two 1-epoch classifier folds and a 1-epoch metric run on the prepared
-    `tiny`, with every set's embeddings."""
+    `tiny`, with the embeddings inference and curation read (test, kaggle, ext)."""
     from hpa_tf.config import classifier_config, embedder_config
     from hpa_tf.training.classifier import train_classifier
     from hpa_tf.training.embedder import extract, run_folder, train_embedder
@@ -63,5 +63,5 @@ def trained_runs(prepared, tmp_path_factory):
         train_classifier(classifier_config("demo", crop_size=32, fold=fold, **common), progress=False)
     metric = embedder_config("demo", nn_every=0, **common)
     train_embedder(metric, progress=False)
-    extract(run_folder(metric), ["test", "kaggle", "ext", "val", "train"], progress=False)
+    extract(run_folder(metric), ["test", "kaggle", "ext"], progress=False)
     return root, out

@@ -108,11 +108,11 @@ def _config(root, out, **overrides):
 
 def test_training_lowers_the_loss_and_extraction_writes_deterministic_files(prepared, tmp_path):
     root, _ = prepared
-    config = _config(root, tmp_path)
+    config = _config(root, tmp_path, epochs=2)
     summary = train_embedder(config, progress=False)
     folder = tmp_path / "metric_demo"
     log = pd.read_csv(folder / "log.csv")
-    assert log["epoch"].tolist() == [0, 1, 2]
+    assert log["epoch"].tolist() == [0, 1]
     assert log["loss"].iloc[-1] < log["loss"].iloc[0]
     for column in ("val_top1", "val_top5", "val_map5", "val_nn_top1"):
         assert log[column].between(0, 1).all()

@@ -14,12 +14,23 @@ from hpa_tf import output
 def package_logger():
     """The package logger's handlers and level, restored after the test."""
     logger = logging.getLogger(output.PACKAGE_LOGGER)
-    saved = logger.handlers[:], logger.level
+    saved = logger.handlers[:], logger.level, logger.propagate
     yield logger
-    logger.handlers, logger.level = saved[0], saved[1]
+    logger.handlers, logger.level, logger.propagate = saved
 
 
-def test_info_goes_to_stdout_warnings_to_stderr_and_quiet_keeps_warnings(package_logger, capsys):
+@pytest.fixture
+def root_handler():
+    """A handler on the root logger, as a library may set up (logging.basicConfig), removed after."""
+    handler = logging.StreamHandler()
+    logging.getLogger().addHandler(handler)
+    yield handler
+    logging.getLogger().removeHandler(handler)
+
+
+def test_info_goes_to_stdout_warnings_to_stderr_and_quiet_keeps_warnings(capsys, package_logger,
+                                                                          root_handler):
+    """Each line once, even with a root handler that would print it again."""
     output.setup_logging()
     output.setup_logging()  # again: one handler, not two
     logging.getLogger("hpa_tf.training.loop").info("epoch 1: loss 0.5")

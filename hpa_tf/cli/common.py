@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hpa_tf.config import PRECISIONS, STRATEGIES
+from hpa_tf.output import run_or_exit, setup_logging
 from hpa_tf.schedules import SCHEDULES
+
+log = logging.getLogger("hpa_tf.cli")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,3 +66,22 @@ def prog(script: str) -> str:
     """The program name in usage lines: the console script's name (hpa-...), else `python SCRIPT`."""
     name = Path(sys.argv[0]).name
     return name if name.startswith("hpa-") else f"python {script}"
+
+
+def run_training(args: argparse.Namespace, make_config: Callable, train: Callable,
+                 describe: Callable[[dict], str], skip=("profile",), instead: Callable | None = None) -> int:
+    """A training command's main: logging as asked, the profile's config with the flags applied, then
+    `instead(config)` when given and it returns True (another mode), else `train` (a finished run is
+    reported by it, not trained again) and one `describe(summary)` line; exit status 0, or 2 with one
+    `error:` line."""
+    setup_logging(args.quiet)
+
+    def action():
+        config = make_config(default_profile(args), **config_overrides(args, skip))
+        if instead is not None and instead(config):
+            return
+        summary = train(config, progress=not args.quiet, restart=args.restart)
+        if not summary.get("already_finished"):
+            log.info(describe(summary))
+
+    return run_or_exit(action)

@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from hpa_tf.cli.common import add_run_arguments, config_overrides, default_profile, prog
+from hpa_tf.cli.common import add_run_arguments, prog, run_training
 from hpa_tf.config import CLASSIFIER_PROFILES, FOLD_FAMILIES
-from hpa_tf.output import run_or_exit, setup_logging
-
-log = logging.getLogger("hpa_tf.cli")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,20 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.quiet)
     from hpa_tf.config import classifier_config
     from hpa_tf.training.classifier import train_classifier
 
-    def action():
-        profile = default_profile(args)
-        config = classifier_config(profile, **config_overrides(args))
-        summary = train_classifier(config, progress=not args.quiet, restart=args.restart)
-        if summary.get("already_finished"):
-            return  # said so in one line
-        log.info(f"best epoch {summary['best_epoch']}: val focal {summary['val_focal']:.4f}, "
-                 f"val macro-F1 {summary['val_macro_f1']:.4f}; weights {summary['best_weights']}")
-
-    return run_or_exit(action)
+    return run_training(args, classifier_config, train_classifier, lambda summary: (
+        f"best epoch {summary['best_epoch']}: val focal {summary['val_focal']:.4f}, val macro-F1 "
+        f"{summary['val_macro_f1']:.4f}; weights {summary['best_weights']}"))
 
 
 if __name__ == "__main__":

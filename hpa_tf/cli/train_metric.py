@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from hpa_tf.cli.common import add_run_arguments, config_overrides, default_profile, prog
+from hpa_tf.cli.common import add_run_arguments, prog, run_training
 from hpa_tf.config import EMBEDDER_PROFILES
 from hpa_tf.layout import RunLayout
-from hpa_tf.output import run_or_exit, setup_logging
-
-log = logging.getLogger("hpa_tf.cli")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,28 +42,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.quiet)
     from hpa_tf.config import embedder_config
     from hpa_tf.errors import ConfigError
     from hpa_tf.training.embedder import extract, run_folder, train_embedder
 
-    def action():
-        profile = default_profile(args)
-        config = embedder_config(profile, **config_overrides(args, skip=("profile", "extract", "checkpoint")))
+    def extract_instead(config) -> bool:
+        """--extract: write the embeddings of a trained run instead of training."""
         if args.extract and args.restart:
             raise ConfigError("--restart trains the run anew; it does not go with --extract")
         if args.extract:
             extract(run_folder(config), args.extract, args.checkpoint, progress=not args.quiet)
-            return
-        summary = train_embedder(config, progress=not args.quiet, restart=args.restart)
-        if summary.get("already_finished"):
-            return  # said so in one line
-        nn = summary.get("val_nn_top1", float("nan"))
-        log.info(f"best epoch {summary['best_epoch']}: val MAP@5 {summary['val_map5']:.4f}, top-1 "
-                 f"{summary['val_top1']:.4f}, nearest-neighbour top-1 {nn:.4f}; "
-                 f"weights {summary['best_weights']}")
+        return bool(args.extract)
 
-    return run_or_exit(action)
+    return run_training(args, embedder_config, train_embedder, lambda summary: (
+        f"best epoch {summary['best_epoch']}: val MAP@5 {summary['val_map5']:.4f}, top-1 "
+        f"{summary['val_top1']:.4f}, nearest-neighbour top-1 {summary.get('val_nn_top1', float('nan')):.4f}; "
+        f"weights {summary['best_weights']}"), skip=("profile", "extract", "checkpoint"),
+        instead=extract_instead)
 
 
 if __name__ == "__main__":
