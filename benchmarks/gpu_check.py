@@ -96,7 +96,7 @@ def synthetic_data(folder: Path, settings: Settings, smoke: bool) -> Path:
 
     raw = generate(folder / "raw", "tiny" if smoke else "demo", 0, progress=False)
     subset = make_subset(raw, folder / "subset", settings.train_images, n_other=32)
-    prepare(subset, sizes=[settings.img], progress=False, log=lambda *_: None, tfrecords=True)
+    prepare(subset, sizes=[settings.img], progress=False, tfrecords=True)
     return subset
 
 

@@ -125,8 +125,7 @@ def prepare_data(data_dir: Path, limit: int, workers: int) -> DataLayout:
     n_train = min(len(pd.read_csv(DataLayout(demo).train_csv)), int(limit / 0.8) + 32)
     subset = make_subset(demo, data_dir / f"demo_first{n_train}", n_train, n_other=32)
     start = time.perf_counter()
-    prepare(subset, sizes=[size for _, size, _ in SETTINGS], workers=workers, progress=False,
-            log=lambda *_: None, tfrecords=True)
+    prepare(subset, sizes=[size for _, size, _ in SETTINGS], workers=workers, progress=False, tfrecords=True)
     log(f"prepared {n_train} train images at {[s for _, s, _ in SETTINGS]} px with TFRecords in "
         f"{time.perf_counter() - start:.0f} s: {subset}")
     return DataLayout(subset)

@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 import pandas as pd
-from hpa_tf.inference.curation import AnnotatedPool, label_noise_report
 
+from hpa_tf.curation.pool import AnnotatedPool
+from hpa_tf.curation.report import label_noise_report
 from hpa_tf.embeddings import matching_space
 
 

@@ -163,7 +163,7 @@ def run_ours(pool, root: Path, kind: str, ids: list[str], sizes: list[int]) -> f
 def run_whole(root: Path, sizes: list[int], workers: int) -> float:
     """Seconds for the whole prepare command (caches, meta, pHashes, splits, statistics) from scratch."""
     start = time.perf_counter()
-    prepare.prepare(root, sizes, workers, progress=False, log=lambda *_: None)
+    prepare.prepare(root, sizes, workers, progress=False)
     return time.perf_counter() - start
 
 

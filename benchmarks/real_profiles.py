@@ -107,7 +107,7 @@ def stage_prepare(args) -> dict:
         generate(root, preset="tiny", seed=args.seed, progress=False, overwrite=True)
     timings["generate_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    summary = prepare(root, sizes=list(SIZES), workers=args.workers, progress=False, log=lambda *_: None)
+    summary = prepare(root, sizes=list(SIZES), workers=args.workers, progress=False)
     timings["prepare_s"] = time.perf_counter() - start
     for size in SIZES:
         assert (root / "meta" / f"cache_manifest_{size}.csv").is_file(), f"no {size} px caches in {root}"

@@ -4,6 +4,7 @@ module, lazy ones inside functions included, parsed from the source."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,23 @@ def test_the_check_finds_an_upward_import(tmp_path):
     assert all(layer_of(m) > layer_of("hpa_tf.data.thing") for _, m in found)
     with pytest.raises(KeyError, match="in no layer"):
         layer_of("hpa_tf.nowhere")
+
+
+def code_map() -> str:
+    """README's "Code map" section."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    return readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_code_map_names_every_module_and_only_modules():
+    """Every module is in the map (itself or its package, e.g. data.synthetic for its plan, render, ...),
+    and every dotted name in the map's module column exists."""
+    rows = [line.split("|") for line in code_map().splitlines() if line.startswith("| ")]  # header first
+    named = {name for row in rows[1:] for name in re.findall(r"`([a-z_.]+)`", row[2])}
+    for name in named:
+        path = PACKAGE.joinpath(*name.split("."))
+        assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), name
+    for path in (p for p in modules() if p.name != "__init__.py"):  # a package: by its modules
+        dotted = module_name(path).removeprefix("hpa_tf.")
+        parents = [".".join(dotted.split(".")[:n]) for n in range(1, dotted.count(".") + 2)]
+        assert any(p in named for p in parents), f"{dotted} is not in README's code map"
