@@ -197,6 +197,10 @@ class InferenceConfig:
     noise_neighbours: int = 10
     noise_similarity: float | None = None  # calibrated when None
     figures: str = "figures"
+    host: str = "127.0.0.1"  # --serve binds here: this machine only
+    port: int = 8000
+    corrections: str = "corrections.csv"  # where the curators' decisions are appended
+    curator: str | None = None  # who decides: the login name
     progress: bool = True
 
     @property
@@ -213,5 +217,7 @@ class InferenceConfig:
             raise ConfigError("--k, --noise-neighbours and --neighbour-k must be at least 1")
         if not 0 < self.impostor_rate < 1:
             raise ConfigError(f"--impostor-rate must lie between 0 and 1, got {self.impostor_rate}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be 1..65535, got {self.port}")
         if self.combine not in ("max", "mean"):
             raise ConfigError(f"--tta must be max or mean, got {self.combine!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hpa_tf.errors import USER_ERRORS
 
@@ -64,3 +65,10 @@ def keras_verbose(verbose: str | int = "auto", progress: bool = True) -> int:
     if verbose == "auto":
         return 1 if on_terminal() else 2
     return int(verbose)
+
+
+def prog(script: str) -> str:
+    """A command's name in its usage line: the console script's (hpa-...) when run as one, else
+    `python SCRIPT` (e.g. "infer.py", "-m hpa_tf.data.prepare")."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("hpa-") else f"python {script}"

@@ -50,3 +50,11 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     monkeypatch.setattr(output, "on_terminal", lambda: True)
     assert not output.bars_disabled(True) and output.bars_disabled(False)
     assert output.keras_verbose("auto", True) == 1 and output.keras_verbose(2, True) == 2
+
+
+def test_usage_lines_name_the_command_as_it_was_run(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/venv/bin/hpa-infer", "--help"])
+    assert output.prog("infer.py") == "hpa-infer"
+    monkeypatch.setattr("sys.argv", ["infer.py", "--help"])
+    assert output.prog("infer.py") == "python infer.py"
+    assert output.prog("-m hpa_tf.data.prepare") == "python -m hpa_tf.data.prepare"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from hpa_tf.config import PRECISIONS, STRATEGIES
 from hpa_tf.output import run_or_exit, setup_logging
@@ -60,12 +58,6 @@ def config_overrides(args: argparse.Namespace, skip=("profile",)) -> dict:
     """The parsed flags as config overrides: all but `skip` (a CLI's own flags that are not config fields)
     and NOT_CONFIG."""
     return {k: v for k, v in vars(args).items() if k not in skip and k not in NOT_CONFIG}
-
-
-def prog(script: str) -> str:
-    """The program name in usage lines: the console script's name (hpa-...), else `python SCRIPT`."""
-    name = Path(sys.argv[0]).name
-    return name if name.startswith("hpa-") else f"python {script}"
 
 
 def run_training(args: argparse.Namespace, make_config: Callable, train: Callable,

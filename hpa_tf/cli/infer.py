@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import sys
 
-from hpa_tf.cli.common import prog
 from hpa_tf.config import (
     AUTO,
     DEMO_TTA_SEEDS,
@@ -16,9 +15,9 @@ from hpa_tf.config import (
     TTA_SEEDS,
     InferenceConfig,
 )
-from hpa_tf.output import run_or_exit, setup_logging
+from hpa_tf.output import prog, run_or_exit, setup_logging
 
-MODES = ("submission", "validate", "sweep", "export", "gallery", "noise_report")
+MODES = ("submission", "validate", "sweep", "export", "gallery", "noise_report", "serve")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +98,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cosine from which a neighbour of another or unknown antibody counts (default: calibrated, "
              "reached with another antibody by 1 in 1000 HPAv18 images)")
     add("--figures", default=d.figures, help="folder for galleries and the noise report")
+    add("--serve", action="store_true",
+        help="start the curators' web page: search an image or pick one from the noise report, see it, "
+             "its nearest annotated images and the classifier's prediction, accept or edit its labels "
+             "(appended to --corrections); stops with Ctrl+C")
+    add("--host", default=d.host, help="--serve: the address to bind (default: this machine only)")
+    add("--port", type=int, default=d.port, help="--serve: the port")
+    add("--corrections", default=d.corrections,
+        help="--serve: the CSV the decisions are appended to (Id, Target, previous, who, when; "
+             "python -m hpa_tf.data.prepare --corrections takes it)")
+    add("--curator", default=d.curator, help="--serve: the name recorded with each decision (default: "
+                                            "the login name)")
     add("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser.parse_args(argv)
 
@@ -123,8 +133,8 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not any(getattr(args, mode) for mode in MODES):
-        print("nothing to do: pass --submission, --validate, --sweep, --export, --gallery or --noise-report "
-              "(see --help)", file=sys.stderr)
+        print("nothing to do: pass --submission, --validate, --sweep, --export, --gallery, --noise-report "
+              "or --serve (see --help)", file=sys.stderr)
         return 2
     setup_logging(args.quiet)
     config = inference_config(args)
@@ -155,5 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             from hpa_tf.curation.report import write_noise_report
 
             write_noise_report(config)
+        if args.serve:  # last: it runs until interrupted
+            from hpa_tf.curation.web import serve
+
+            serve(config)
 
     return run_or_exit(action)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpa_tf.cli.common import add_run_arguments, prog, run_training
+from hpa_tf.cli.common import add_run_arguments, run_training
 from hpa_tf.config import CLASSIFIER_PROFILES, FOLD_FAMILIES
+from hpa_tf.output import prog
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpa_tf.cli.common import add_run_arguments, prog, run_training
+from hpa_tf.cli.common import add_run_arguments, run_training
 from hpa_tf.config import EMBEDDER_PROFILES
 from hpa_tf.layout import RunLayout
+from hpa_tf.output import prog
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, cha
 from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
 from hpa_tf.layout import COLORS, DataLayout, validate_id
-from hpa_tf.output import bars_disabled, run_or_exit, setup_logging
+from hpa_tf.output import bars_disabled, prog, run_or_exit, setup_logging
 from hpa_tf.parallel import imap
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,10 @@ class ImageRef:
 
 # --------------------------------------------------------------------------------------------- raw input
 
-def read_raw_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Read a raw Kaggle/HPAv18 CSV as strings, checking columns, Ids (safe, unique) and Targets."""
+def read_raw_csv(path: Path, columns: list[str], unique: bool = True) -> pd.DataFrame:
+    """Read a raw Kaggle/HPAv18 CSV as strings, checking columns, Ids (safe; unique unless `unique` is
+    False, as in a corrections file where a later decision on an image follows an earlier one) and
+    Targets."""
     if not path.is_file():
         raise PrepareError(f"missing input file: {path}")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -79,7 +81,7 @@ def read_raw_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         except ValueError as error:
             raise PrepareError(f"{path}, line {row}: {error}") from None
     duplicated = frame["Id"][frame["Id"].duplicated()]
-    if len(duplicated):
+    if unique and len(duplicated):
         row = int(duplicated.index[0]) + 2
         raise PrepareError(f"{path}, line {row}: duplicate Id {duplicated.iloc[0]!r}")
     if "Target" in columns:
@@ -342,12 +344,27 @@ def default_sizes(layout: DataLayout) -> list[int]:
     return list(REAL_DATA_SIZES)
 
 
+def label_corrections(layout: DataLayout, corrections: str | Path | None = None) -> pd.DataFrame | None:
+    """Id, Target of raw/train_extra.csv and of a curators' corrections CSV (its Id and Target columns;
+    the last decision per image wins over earlier ones and over train_extra); None when there is neither."""
+    frames = []
+    if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
+        frames.append(pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False))
+    if corrections is not None:
+        frames.append(read_raw_csv(Path(corrections), ["Id", "Target"], unique=False))
+    if not frames:
+        return None
+    return pd.concat([f[["Id", "Target"]] for f in frames]).drop_duplicates("Id", keep="last")
+
+
 def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
-            progress: bool = True, tfrecords: bool = False, verify: bool = False) -> dict:
+            progress: bool = True, tfrecords: bool = False, verify: bool = False,
+            corrections: str | Path | None = None) -> dict:
     """Run every preparation step on data_dir; returns a summary (counts of images and matches).
 
     With tfrecords, also writes TFRecord shards of the caches of every group and size; with verify, a
-    rerun checks every cache file's CRC-32 against the manifest, not only its size."""
+    rerun checks every cache file's CRC-32 against the manifest, not only its size; `corrections` (a
+    curators' corrections CSV) adds its decisions to the label correction of spec 3.4."""
     layout = DataLayout(data_dir)
     sizes = sorted(set(sizes or default_sizes(layout)))
     if any(s < 1 for s in sizes):
@@ -380,10 +397,11 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
 
     antibody_all = write_splits(layout, train_meta, external_meta, test_meta["Id"].tolist(), train_ext)
     corrected = antibody_all
-    if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
-        extra = pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False)
+    extra = label_corrections(layout, corrections)
+    if extra is not None:
         corrected = splits.correct_external_labels(antibody_all, extra)
-        log.info(f"label correction from {layout.train_extra_csv.name} (spec 3.4)")
+        sources = [Path(p).name for p in (layout.train_extra_csv, corrections) if p and Path(p).is_file()]
+        log.info(f"label correction from {' + '.join(sources)} (spec 3.4)")
     write_csv_atomic(corrected, layout.meta_dir / "external_antibody_correct_meta.csv")
 
     if tfrecords:  # imported here: TensorFlow is loaded only when asked for
@@ -410,7 +428,7 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hpa_tf.data.prepare",
+        prog=prog("-m hpa_tf.data.prepare"),
         description="Prepare Kaggle HPA 2018 + HPAv18 data: resize caches, meta, pHash duplicates and "
                     "leaks, folds, antibody split, channel statistics. Resumable and idempotent.")
     parser.add_argument("--data-dir", help="dataset root (raw/, train/, test/, external/); default: the "
@@ -422,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="a rerun also checks each cache file's CRC-32 against the manifest (reads every "
                              "cache file; without it, sizes only), so files damaged in place are redone")
+    parser.add_argument("--corrections", default=None, metavar="CSV",
+                        help="a curators' corrections file (python infer.py --serve: Id, Target, previous, "
+                             "who, when): its last decision per image is applied like raw/train_extra.csv "
+                             "(HPAv18 images, spec 3.4)")
     parser.add_argument("--tfrecords", action="store_true",
                         help="also write TFRecord shards of the resize caches, for clusters and remote "
                              "storage")
@@ -435,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data_dir = ensure_dataset("demo", progress=not args.quiet)
         start = time.perf_counter()
         prepare(args.data_dir, args.sizes, args.workers, progress=not args.quiet, tfrecords=args.tfrecords,
-                verify=args.verify)
+                verify=args.verify, corrections=args.corrections)
         log.info(f"prepared {args.data_dir} in {time.perf_counter() - start:.1f} s")
 
     # PrepareError, ImageReadError, the split functions' DataError, OS errors: one `error:` line

@@ -1,0 +1,203 @@
+"""The curators' web page (`python infer.py --serve`): search an image or pick one from the noise report;
+see its RGBY composite and channels, its nearest annotated images, the classifier's prediction against
+the known labels; accept or edit the label set, appended to the corrections CSV. FastAPI + Jinja2 pages
+rendered on the server, served by uvicorn on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import getpass
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from PIL import Image
+
+from hpa_tf import viz
+from hpa_tf.config import InferenceConfig
+from hpa_tf.curation.corrections import append_correction, parse_labels
+from hpa_tf.curation.gallery import POOL_SETS, predicted_labels
+from hpa_tf.curation.pool import AnnotatedPool, Query, annotated_pool, find_query, nearest_annotated
+from hpa_tf.curation.report import label_noise_report
+from hpa_tf.data.io import read_rgby
+from hpa_tf.errors import HpaTfError, InferenceError
+from hpa_tf.inference.runs import TrainedRuns, require_embedder, resolve
+from hpa_tf.inference.submission import serving_record
+from hpa_tf.labels import LABEL_NAMES, format_target, parse_target
+from hpa_tf.layout import COLORS, validate_id
+from hpa_tf.models.loading import load_classifier
+from hpa_tf.training.embedder import ensure_embeddings
+
+log = logging.getLogger(__name__)
+TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+VIEWS = ("composite", *COLORS)  # the image views a page shows
+REPORT_COLUMNS = ["rank", "Id", "set", "Target", "majority", "disagreement", "neighbours"]
+
+
+@dataclass
+class Curation:
+    """What the pages read: the runs, the annotated pool, the classifier folds (loaded on first use),
+    the noise report (computed on first use) and where decisions go."""
+
+    config: InferenceConfig
+    runs: TrainedRuns
+    pool: AnnotatedPool
+    corrections: Path
+    curator: str
+    _models: list | None = None
+    _report: pd.DataFrame | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def models(self) -> list:
+        with self.lock:
+            if self._models is None:
+                self._models = [load_classifier(fold.root) for fold in self.runs.folds]
+            return self._models
+
+    @property
+    def report(self) -> pd.DataFrame:
+        with self.lock:
+            if self._report is None:
+                self._report, _ = label_noise_report(self.pool, self.config.noise_neighbours,
+                                                     self.config.noise_similarity, progress=False)
+            return self._report
+
+    def query(self, image_id: str) -> Query:
+        """The image (its Id checked first: nothing but letters, digits, '-' and '_')."""
+        return find_query(self.pool, require_embedder(self.runs, "--serve").root, self.runs.data,
+                          validate_id(image_id))
+
+
+def open_curation(config: InferenceConfig) -> Curation:
+    """The runs of `config` with the metric run's test, kaggle and ext embeddings (extracted first where
+    missing or stale) and their annotated pool."""
+    runs = resolve(config)
+    embedder = require_embedder(runs, "--serve")
+    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
+    return Curation(config, runs, annotated_pool(embedder.root, runs.data), Path(config.corrections),
+                    config.curator or getpass.getuser())
+
+
+def image_page(curation: Curation, query: Query) -> dict:
+    """The template values of an image's page: its labels, prediction and nearest annotated images."""
+    predicted = None
+    if curation.runs.folds:
+        predicted = predicted_labels(curation.models, curation.runs.data, query,
+                                     serving_record(curation.config.output))
+    rows, cosines = nearest_annotated(curation.pool, query, curation.config.k)
+    reference = set(query.true if query.true is not None else predicted or [])
+    neighbours = []
+    for row, cosine in zip(rows, cosines, strict=True):
+        record = curation.pool.frame.iloc[int(row)]
+        labels = parse_target(record["Target"])
+        neighbours.append({"id": record["Id"], "set": record["set"], "antibody": record["antibody"],
+                           "cosine": f"{cosine:.3f}",
+                           "labels": [(LABEL_NAMES[c], c in reference) for c in labels]})
+    true = query.true
+    return {"id": query.image_id, "split": query.kaggle_split, "views": VIEWS,
+            "known": None if true is None else
+            [(c, LABEL_NAMES[c], "same" if predicted is None or c in predicted else "missed") for c in true],
+            "predicted": None if predicted is None else
+            [(c, LABEL_NAMES[c], "same" if true is None or c in true else "added") for c in predicted],
+            "form_labels": format_target(true if true is not None else predicted or []),
+            "neighbours": neighbours, "curator": curation.curator}
+
+
+def image_png(curation: Curation, query: Query, view: str) -> bytes:
+    """A PNG of one view of an image: the RGBY composite as HPA shows it, or one channel in grey."""
+    layout = curation.runs.data
+    if query.kaggle_split == "external":
+        rgby = read_rgby(layout, query.image_id, "external")
+    else:
+        rgby = read_rgby(layout, query.image_id, "png", query.kaggle_split)
+    picture = viz.rgby_to_rgb(rgby) if view == "composite" else rgby[..., COLORS.index(view)]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def create_app(curation: Curation) -> FastAPI:
+    """The web app over one Curation."""
+    app = FastAPI(title="hpa-tf curation", docs_url=None, redoc_url=None)
+
+    def page(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, name, {"label_names": LABEL_NAMES, **values},
+                                          status_code=status)
+
+    def refused(request: Request, error: HpaTfError) -> HTMLResponse:
+        """The error page: 404 for an image in none of the embedding files, 400 for bad input."""
+        return page(request, "error.html", 404 if isinstance(error, InferenceError) else 400,
+                    message=str(error))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request):
+        counts = curation.pool.frame["set"].value_counts().to_dict()
+        return page(request, "index.html", counts=counts, corrections=curation.corrections)
+
+    @app.get("/search")
+    def search(request: Request, id: str = ""):  # noqa: A002 (the form's field name)
+        try:
+            return RedirectResponse(f"/image/{validate_id(id.strip())}", status_code=303)
+        except HpaTfError as error:
+            return refused(request, error)
+
+    @app.get("/image/{image_id}", response_class=HTMLResponse)
+    def show(request: Request, image_id: str, saved: str = ""):
+        try:
+            query = curation.query(image_id)
+        except HpaTfError as error:
+            return refused(request, error)
+        return page(request, "image.html", saved=saved, **image_page(curation, query))
+
+    @app.get("/png/{image_id}/{view}")
+    def png(request: Request, image_id: str, view: str):
+        if view not in VIEWS:
+            return Response(f"unknown view {view!r}; one of {VIEWS}", status_code=404)
+        try:
+            query = curation.query(image_id)
+        except HpaTfError as error:
+            return Response(str(error), status_code=404)
+        return Response(image_png(curation, query, view), media_type="image/png")
+
+    @app.post("/image/{image_id}/labels")
+    def correct(request: Request, image_id: str, labels: str = Form(""), who: str = Form("")):
+        try:
+            query = curation.query(image_id)
+            chosen = parse_labels(labels)
+        except HpaTfError as error:
+            return refused(request, error)
+        with curation.lock:
+            row = append_correction(curation.corrections, query.image_id, chosen, query.true,
+                                    who or curation.curator)
+        log.info(f"correction saved to {curation.corrections}: {row}")
+        return RedirectResponse(f"/image/{query.image_id}?{urlencode({'saved': row['Target']})}",
+                                status_code=303)
+
+    @app.get("/noise-report", response_class=HTMLResponse)
+    def noise_report(request: Request, sort: str = "rank", order: str = "asc"):
+        if sort not in REPORT_COLUMNS or order not in ("asc", "desc"):
+            return refused(request, HpaTfError(f"sort by one of {REPORT_COLUMNS}, order asc or desc"))
+        table = curation.report[REPORT_COLUMNS].sort_values(sort, ascending=order == "asc", kind="stable",
+                                                             na_position="last")
+        return page(request, "report.html", rows=table.to_dict("records"), columns=REPORT_COLUMNS,
+                    sort=sort, order=order)
+
+    return app
+
+
+def serve(config: InferenceConfig) -> None:
+    """`infer.py --serve`: the curators' page on config.host:config.port until interrupted."""
+    import uvicorn
+
+    curation = open_curation(config)
+    log.info(f"curation page on http://{config.host}:{config.port}/ (corrections go to "
+             f"{curation.corrections}; Ctrl+C stops it)")
+    uvicorn.run(create_app(curation), host=config.host, port=config.port, log_level="warning")
