@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.atomic import write_folder_atomic
-from hpa_tf.config import InferenceConfig
+from hpa_tf.config import EmbedderConfig, InferenceConfig
 from hpa_tf.data.pipeline import dihedral
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.predict import combined_probabilities, view_indices
@@ -134,11 +134,21 @@ def export_runs(folds: list[str | Path], serving: dict, embedder_run: str | Path
 
 
 def run_export(config: InferenceConfig, out_dir: str | Path) -> list[Path]:
-    """`infer.py --export DIR`: the trained folds and the metric run of `config` as SavedModels, labels at
-    the thresholds of the last --submission to config.output (OUTPUT.serving.json)."""
+    """`infer.py --export DIR`: the trained folds and the metric run of `config` as SavedModels (labels at
+    the thresholds of the last --submission to config.output, OUTPUT.serving.json), each also as a
+    bioimage.io model resource in DIR/bioimageio/<model>/<version>."""
+    from hpa_tf.bioimage import classifier_resource, embedder_resource, write_resource
+
     runs = resolve(config, need_folds=True)
     written = export_runs([fold.root for fold in runs.folds], serving_record(config.output),
                           runs.embedder.root if runs.embedder else None, out_dir)
-    for folder in written:
+    classifier = load_classifier(runs.folds[0].root)[1]
+    resources = [classifier_resource(classifier.crop_size, len(runs.folds))]
+    if runs.embedder is not None:
+        embedder = runs.embedder.read_config(EmbedderConfig)
+        resources.append(embedder_resource(embedder.img_size, embedder.embedding_dim))
+    for folder, resource in zip(written, resources, strict=True):
         log.info(f"SavedModel written to {folder}")
+        write_resource(folder, resource, runs.data,
+                       Path(out_dir) / "bioimageio" / folder.parent.name / folder.name)
     return written

@@ -334,6 +334,39 @@ def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tm
     with np.load(out / "metric_demo" / "embeddings_test.npz") as extracted:  # the same images, same model
         np.testing.assert_allclose(embedder(images=tf.constant(images[:2]))["embedding"].numpy(),
                                    extracted["feats"][:2], rtol=1e-4, atol=1e-4)
+    _check_bioimage_resources(serving)
+
+
+def _check_bioimage_resources(serving):
+    """Each exported model's bioimage.io resource validates with bioimageio.spec, its weights are the
+    zipped SavedModel (sha256 as recorded) and its test output is that SavedModel's output on its input."""
+    import hashlib
+    import zipfile
+
+    import tensorflow as tf
+    from bioimageio.spec import load_description
+
+    models = (("classifier", "2", "probabilities", 28), ("embedder", "1", "embedding", 512))
+    for model, version, output, width in models:
+        folder = serving / "bioimageio" / model / version
+        description = load_description(folder / "rdf.yaml", perform_io_checks=True)
+        summary = description.validation_summary
+        assert summary.status == "valid-format", summary.format()
+        assert [str(a.id) for a in description.inputs[0].axes] == ["batch", "y", "x", "channel"]
+        assert len(description.outputs[0].axes[1].channel_names) == width
+        assert any("bestfitting" in str(c.text) for c in description.cite)
+        weights = folder / "weights.zip"
+        bundle = description.weights.tensorflow_saved_model_bundle
+        assert bundle.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+        saved = serving / model / version
+        with zipfile.ZipFile(weights) as archive:
+            assert sorted(archive.namelist()) == sorted(p.relative_to(saved).as_posix()
+                                                        for p in saved.rglob("*") if p.is_file())
+        test_input, test_output = np.load(folder / "test_input.npy"), np.load(folder / "test_output.npy")
+        signature = tf.saved_model.load(str(saved)).signatures["serving_default"]
+        np.testing.assert_allclose(signature(images=tf.constant(test_input))[output].numpy(), test_output,
+                                   rtol=1e-6, atol=1e-6)
+        assert test_output.shape == (1, width) and (folder / "cover.png").is_file()
 
 
 def _planted(root, kind: str, same_labels: str) -> pd.DataFrame:

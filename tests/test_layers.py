@@ -20,7 +20,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"curation"},
-    {"export"},
+    {"export", "bioimage"},
     {"cli"},
 ]
 

@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write SavedModels for TF Serving: DIR/classifier/<version> (whole images of any size resized "
              "to the crop size, the 8 dihedral views, the folds' mean; labels at the thresholds that "
              "--submission fitted on that computation, OUTPUT.serving.json, else 0.5) and "
-             "DIR/embedder/<version>")
+             "DIR/embedder/<version>, each also as a bioimage.io model resource in "
+             "DIR/bioimageio/<model>/<version> (rdf.yaml, validated)")
     add("--gallery", nargs="+", metavar="ID", default=None,
         help="for each image Id (test, Kaggle train or HPAv18) write FIGURES/gallery_<ID>.png: the image "
              "and its --k nearest annotated images by the metric embedding, with labels and cosines; "
