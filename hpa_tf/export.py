@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.atomic import write_folder_atomic
-from hpa_tf.config import EmbedderConfig, InferenceConfig
+from hpa_tf.config import ClassifierConfig, EmbedderConfig, InferenceConfig
 from hpa_tf.data.pipeline import dihedral
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.predict import combined_probabilities, view_indices
@@ -142,7 +142,7 @@ def run_export(config: InferenceConfig, out_dir: str | Path) -> list[Path]:
     runs = resolve(config, need_folds=True)
     written = export_runs([fold.root for fold in runs.folds], serving_record(config.output),
                           runs.embedder.root if runs.embedder else None, out_dir)
-    classifier = load_classifier(runs.folds[0].root)[1]
+    classifier = runs.folds[0].read_config(ClassifierConfig)
     resources = [classifier_resource(classifier.crop_size, len(runs.folds))]
     if runs.embedder is not None:
         embedder = runs.embedder.read_config(EmbedderConfig)

@@ -16,7 +16,7 @@ from hpa_tf.errors import DataError, RunFolderError, TrainingSetupError
 COLORS = ("red", "green", "blue", "yellow")  # channel order R, G, B, Y everywhere
 KAGGLE_FOLDERS = ("train", "test")  # Kaggle image folders
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # the whole Id (fullmatch: no trailing newline)
 
 
 def validate_id(image_id: str) -> str:
@@ -24,7 +24,7 @@ def validate_id(image_id: str) -> str:
 
     Raises ValueError naming the Id otherwise (path separators, '..', spaces, empty).
     """
-    if not isinstance(image_id, str) or not _ID_PATTERN.match(image_id):
+    if not isinstance(image_id, str) or not _ID_PATTERN.fullmatch(image_id):
         raise DataError(
             f"invalid image Id {image_id!r}: only letters, digits, '-' and '_' are allowed"
         )

@@ -19,7 +19,7 @@ from PIL import Image
 
 from hpa_tf.config import InferenceConfig
 from hpa_tf.curation.corrections import COLUMNS, parse_labels
-from hpa_tf.curation.web import create_app, open_curation
+from hpa_tf.curation.web import REPORT_PAGE, create_app, open_curation
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import DataError
@@ -57,7 +57,7 @@ def test_labels_typed_by_a_curator_are_checked():
 def test_pages_show_an_image_its_neighbours_and_record_a_correction(curation, trained_runs, tmp_path):
     root, _ = trained_runs
     curation.corrections = tmp_path / "corrections.csv"
-    client = TestClient(create_app(curation))
+    client = TestClient(create_app(curation, allowed_hosts=["testserver"]))
     original, copy = _planted_copy(root)
     assert "Annotated pool" in client.get("/").text
     found = client.get("/search", params={"id": copy}, follow_redirects=False)
@@ -94,16 +94,25 @@ def test_pages_show_an_image_its_neighbours_and_record_a_correction(curation, tr
     for response, status, message in refusals:
         assert response.status_code == status and message in response.text, response.text[:500]
         assert "Nothing was written" in response.text
+    forged = client.post(f"/image/{copy}/labels", data={"labels": "3"}, headers={"Origin": "http://evil.example"})
+    assert forged.status_code == 403 and "another site (http://evil.example) is refused" in forged.text
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
     assert curation.corrections.read_bytes() == before
 
 
-def test_the_noise_report_is_a_sortable_table_of_links(curation):
-    client = TestClient(create_app(curation))
+def test_the_noise_report_is_a_sortable_paged_table_of_links(curation):
+    client = TestClient(create_app(curation, allowed_hosts=["testserver"]))
     report = curation.report
-    page = client.get("/noise-report", params={"sort": "disagreement", "order": "desc"}).text
-    linked = [part.split('"', 1)[0] for part in page.split('<td><a href="/image/')[1:]]
     expected = report.sort_values("disagreement", ascending=False, kind="stable", na_position="last")
-    assert linked == expected["Id"].tolist() and len(linked) == len(report)
+    linked = []
+    for number in (1, 2):
+        page = client.get("/noise-report", params={"sort": "disagreement", "order": "desc",
+                                                   "page_number": number}).text
+        linked.append([part.split('"', 1)[0] for part in page.split('<td><a href="/image/')[1:]])
+    assert len(report) > REPORT_PAGE  # the tiny pool fills two pages
+    assert linked[0] == expected["Id"].tolist()[:REPORT_PAGE]
+    assert linked[1] == expected["Id"].tolist()[REPORT_PAGE:2 * REPORT_PAGE]
+    assert f"Rows 1-{REPORT_PAGE} of {len(report)}, page 1 of" in client.get("/noise-report").text
     assert client.get("/noise-report", params={"sort": "nonsense"}).status_code == 400
 
 
@@ -114,6 +123,10 @@ def test_prepare_takes_the_corrections_like_train_extra(prepared, tmp_path):
     shutil.copytree(prepared[0], root)
     layout = DataLayout(root)
     image_id = layout.read_meta("external_meta.csv")["Id"].iloc[0]
+    other = layout.read_meta("external_meta.csv")["Id"].iloc[1]
+    # train_extra writes HPAv18 Ids with '/' for the first '_'; a curator's decision wins over its row
+    (layout.raw_dir / "train_extra.csv").write_text(
+        f"Id,Target\n{image_id.replace('_', '/', 1)},4\n{other.replace('_', '/', 1)},4\n")
     corrections = tmp_path / "corrections.csv"
     corrections.write_text(f"Id,Target,previous,who,when\n{image_id},1,0,ann,t1\n{image_id},2 27,1,bob,t2\n")
     assert prepare.main(["--data-dir", str(root), "--workers", "1", "--quiet", "--corrections",
@@ -122,6 +135,8 @@ def test_prepare_takes_the_corrections_like_train_extra(prepared, tmp_path):
     old = parse_target(layout.read_meta("external_meta.csv").set_index("Id")["Target"][image_id])
     kept = [c for c in old if c in (8, 9, 10, 20, 26)]
     assert parse_target(corrected[image_id]) == sorted({2, 27, *kept})
+    kept = parse_target(layout.read_meta("external_meta.csv").set_index("Id")["Target"][other])
+    assert parse_target(corrected[other]) == sorted({4, *[c for c in kept if c in (8, 9, 10, 20, 26)]})
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 VIEWS = ("composite", *COLORS)  # the image views a page shows
 REPORT_COLUMNS = ["rank", "Id", "set", "Target", "majority", "disagreement", "neighbours"]
+REPORT_PAGE = 200  # noise-report rows per page (the report has a row per annotated image)
+LOCAL_HOSTS = ["127.0.0.1", "localhost"]
 
 
 @dataclass
@@ -124,9 +127,13 @@ def image_png(curation: Curation, query: Query, view: str) -> bytes:
     return buffer.getvalue()
 
 
-def create_app(curation: Curation) -> FastAPI:
-    """The web app over one Curation."""
+def create_app(curation: Curation, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The web app over one Curation. Requests must name one of `allowed_hosts` (default: the served
+    address and localhost) in their Host header, and a POST from a page of another origin is refused,
+    so that no other web page the curator has open can send decisions (or read pages by DNS rebinding)."""
     app = FastAPI(title="hpa-tf curation", docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware,
+                       allowed_hosts=allowed_hosts or sorted({curation.config.host, *LOCAL_HOSTS}))
 
     def page(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"label_names": LABEL_NAMES, **values},
@@ -169,6 +176,10 @@ def create_app(curation: Curation) -> FastAPI:
 
     @app.post("/image/{image_id}/labels")
     def correct(request: Request, image_id: str, labels: str = Form(""), who: str = Form("")):
+        origin = request.headers.get("origin")
+        if origin and urlparse(origin).netloc != request.headers.get("host"):
+            return page(request, "error.html", 403, message=f"a decision sent from another site ({origin}) "
+                                                             "is refused")
         try:
             query = curation.query(image_id)
             chosen = parse_labels(labels)
@@ -182,13 +193,18 @@ def create_app(curation: Curation) -> FastAPI:
                                 status_code=303)
 
     @app.get("/noise-report", response_class=HTMLResponse)
-    def noise_report(request: Request, sort: str = "rank", order: str = "asc"):
-        if sort not in REPORT_COLUMNS or order not in ("asc", "desc"):
-            return refused(request, HpaTfError(f"sort by one of {REPORT_COLUMNS}, order asc or desc"))
+    def noise_report(request: Request, sort: str = "rank", order: str = "asc", page_number: int = 1):
+        if sort not in REPORT_COLUMNS or order not in ("asc", "desc") or page_number < 1:
+            return refused(request, HpaTfError(f"sort by one of {REPORT_COLUMNS}, order asc or desc, "
+                                               "page from 1"))
         table = curation.report[REPORT_COLUMNS].sort_values(sort, ascending=order == "asc", kind="stable",
                                                              na_position="last")
-        return page(request, "report.html", rows=table.to_dict("records"), columns=REPORT_COLUMNS,
-                    sort=sort, order=order)
+        pages = max(1, -(-len(table) // REPORT_PAGE))
+        start = (min(page_number, pages) - 1) * REPORT_PAGE
+        shown = table.iloc[start:start + REPORT_PAGE].astype(object).where(lambda t: t.notna(), "")
+        return page(request, "report.html", rows=shown.to_dict("records"), columns=REPORT_COLUMNS,
+                    sort=sort, order=order, page_number=start // REPORT_PAGE + 1, pages=pages,
+                    first=start + 1, last=start + len(shown), total=len(table))
 
     return app
 

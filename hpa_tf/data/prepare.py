@@ -345,16 +345,21 @@ def default_sizes(layout: DataLayout) -> list[int]:
 
 
 def label_corrections(layout: DataLayout, corrections: str | Path | None = None) -> pd.DataFrame | None:
-    """Id, Target of raw/train_extra.csv and of a curators' corrections CSV (its Id and Target columns;
-    the last decision per image wins over earlier ones and over train_extra); None when there is neither."""
-    frames = []
+    """Id, Target of raw/train_extra.csv and of a curators' corrections CSV (its Id and Target columns);
+    a curator's last decision on an image wins over earlier ones and over train_extra's row of that image
+    (train_extra's Ids written with '/' are matched as the '_' Ids they stand for); None when there is
+    neither. Conflicting rows within train_extra stay an error (splits.correct_external_labels)."""
+    extra = None
     if layout.train_extra_csv.is_file():  # its Ids hold '/', so it is not read as a raw Id table
-        frames.append(pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False))
-    if corrections is not None:
-        frames.append(read_raw_csv(Path(corrections), ["Id", "Target"], unique=False))
-    if not frames:
-        return None
-    return pd.concat([f[["Id", "Target"]] for f in frames]).drop_duplicates("Id", keep="last")
+        extra = pd.read_csv(layout.train_extra_csv, dtype=str, keep_default_na=False)[["Id", "Target"]]
+        extra["Id"] = extra["Id"].str.replace("/", "_", regex=False)
+    if corrections is None:
+        return extra
+    decided = read_raw_csv(Path(corrections), ["Id", "Target"], unique=False)
+    decided = decided.drop_duplicates("Id", keep="last")
+    if extra is None:
+        return decided
+    return pd.concat([extra[~extra["Id"].isin(decided["Id"])], decided], ignore_index=True)
 
 
 def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int | None = None,
