@@ -12,21 +12,18 @@ import pandas as pd
 
 from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
-from hpa_tf.curation.pool import AnnotatedPool, Query, annotated_pool, find_query, nearest_annotated
+from hpa_tf.curation.pool import AnnotatedPool, Query, find_query, nearest_annotated, open_pool
 from hpa_tf.data import pipeline
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.postprocess import apply_thresholds
 from hpa_tf.inference.predict import tta_probabilities
-from hpa_tf.inference.runs import require_embedder, resolve
 from hpa_tf.inference.submission import serving_record
 from hpa_tf.labels import parse_target
 from hpa_tf.layout import DataLayout
 from hpa_tf.models.loading import load_classifier
-from hpa_tf.training.embedder import ensure_embeddings
 
 log = logging.getLogger(__name__)
-POOL_SETS = ["test", "kaggle", "ext"]  # the embeddings a gallery or the noise report reads
 
 
 def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, serving: dict) -> list[int]:
@@ -45,11 +42,16 @@ def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, servin
     return np.flatnonzero(apply_thresholds(np.mean(probs, axis=0), thresholds)[0]).tolist()
 
 
-def load_thumbnail(layout: DataLayout, image_id: str, kaggle_split: str) -> np.ndarray:
-    """An image's RGB composite for a tile, from the raw files (Kaggle PNGs or HPAv18 JPEGs)."""
+def read_image(layout: DataLayout, image_id: str, kaggle_split: str) -> np.ndarray:
+    """An image's raw uint8 RGBY [H, W, 4]: HPAv18 JPEGs ("external") or the Kaggle PNGs of its split."""
     if kaggle_split == "external":
-        return viz.thumbnail(read_rgby(layout, image_id, "external"))
-    return viz.thumbnail(read_rgby(layout, image_id, "png", kaggle_split))
+        return read_rgby(layout, image_id, "external")
+    return read_rgby(layout, image_id, "png", kaggle_split)
+
+
+def load_thumbnail(layout: DataLayout, image_id: str, kaggle_split: str) -> np.ndarray:
+    """An image's RGB composite for a tile, from the raw files."""
+    return viz.thumbnail(read_image(layout, image_id, kaggle_split))
 
 
 def _pool_tile(layout: DataLayout, pool: AnnotatedPool, row: int, cosine: float, highlight: set[int],
@@ -71,7 +73,7 @@ def gallery(pool: AnnotatedPool, query: Query, layout: DataLayout, k: int, path:
     head = [(f"query {viz.short_id(query.image_id)}", viz.PLAIN)]
     query_tile = viz.Tile(load_thumbnail(layout, query.image_id, query.kaggle_split),
                           head + viz.label_lines(query.true, predicted))
-    highlight = set(query.true if query.true is not None else predicted or [])
+    highlight = set(query.reference_labels(predicted))
     tiles = [_pool_tile(layout, pool, int(r), float(c), highlight)
              for r, c in zip(rows, cosines, strict=True)]
     return viz.render_gallery([[query_tile] + tiles], path)
@@ -114,10 +116,7 @@ def gallery_path(figures: str | Path, image_id: str) -> Path:
 def write_galleries(config: InferenceConfig, image_ids: list[str]) -> list[Path]:
     """`infer.py --gallery ID ...`: one gallery per image under config.figures, with the classifier folds'
     prediction where a fold is trained (the metric run's embeddings extracted first where missing)."""
-    runs = resolve(config)
-    embedder = require_embedder(runs, "--gallery")
-    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
-    pool = annotated_pool(embedder.root, runs.data)
+    runs, embedder, pool = open_pool(config, "--gallery")
     if not runs.folds:
         log.warning("note: no trained classifier fold (python train_classifier.py): galleries show no "
                     "prediction")

@@ -12,13 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpa_tf.config import InferenceConfig
 from hpa_tf.embeddings import exact_neighbours, load_embeddings, matching_space
 from hpa_tf.errors import InferenceError
+from hpa_tf.inference.runs import TrainedRuns, require_embedder, resolve
 from hpa_tf.labels import parse_target
 from hpa_tf.layout import DataLayout, RunLayout
+from hpa_tf.training.embedder import ensure_embeddings
 
 log = logging.getLogger(__name__)
 EXTRACT_HINT = "python train_metric.py --extract test kaggle ext"
+POOL_SETS = ["test", "kaggle", "ext"]  # the embeddings a gallery, the noise report or the page reads
 
 
 @dataclass
@@ -70,6 +74,15 @@ def annotated_pool(metric_run: str | Path, layout: DataLayout) -> AnnotatedPool:
     return AnnotatedPool(frame, matching_space(np.concatenate(feats)))
 
 
+def open_pool(config: InferenceConfig, what: str) -> tuple[TrainedRuns, RunLayout, AnnotatedPool]:
+    """(runs, metric run, annotated pool) of a curation command (`what`, e.g. "--gallery"): the metric
+    run's test, kaggle and ext embeddings are extracted first where missing or stale."""
+    runs = resolve(config)
+    embedder = require_embedder(runs, what)
+    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
+    return runs, embedder, annotated_pool(embedder.root, runs.data)
+
+
 @dataclass
 class Query:
     """An image to show: its vector in matching space, where its files are and its known labels."""
@@ -79,6 +92,10 @@ class Query:
     kaggle_split: str  # "train" | "test"; "external" for HPAv18
     true: list[int] | None
     pool_row: int | None  # its own row in the pool (left out of its neighbours)
+
+    def reference_labels(self, predicted: list[int] | None) -> list[int]:
+        """The labels its neighbours' are compared with: the known ones, else the prediction (or none)."""
+        return self.true if self.true is not None else list(predicted or [])
 
 
 def find_query(pool: AnnotatedPool, metric_run: str | Path, layout: DataLayout, image_id: str) -> Query:

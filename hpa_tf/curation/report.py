@@ -12,13 +12,11 @@ from tqdm import tqdm
 
 from hpa_tf.atomic import write_csv_atomic
 from hpa_tf.config import InferenceConfig
-from hpa_tf.curation.gallery import POOL_SETS, noise_gallery
-from hpa_tf.curation.pool import AnnotatedPool, annotated_pool
+from hpa_tf.curation.gallery import noise_gallery
+from hpa_tf.curation.pool import AnnotatedPool, open_pool
 from hpa_tf.inference.neighbours import NeighbourIndex
-from hpa_tf.inference.runs import require_embedder, resolve
 from hpa_tf.labels import format_target, targets_to_matrix
 from hpa_tf.output import bars_disabled
-from hpa_tf.training.embedder import ensure_embeddings
 
 log = logging.getLogger(__name__)
 SEARCH_CHUNK = 8192  # pool images searched per step of the noise report's progress bar
@@ -107,10 +105,7 @@ def label_noise_report(pool: AnnotatedPool, k: int = 10, similarity: float | Non
 def write_noise_report(config: InferenceConfig) -> pd.DataFrame:
     """`infer.py --noise-report`: FIGURES/noise_report.csv and .png of the metric run's annotated pool
     (its embeddings extracted first where missing or stale); logs the top rows."""
-    runs = resolve(config)
-    embedder = require_embedder(runs, "--noise-report")
-    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
-    pool = annotated_pool(embedder.root, runs.data)
+    runs, _, pool = open_pool(config, "--noise-report")
     report, similarity = label_noise_report(pool, config.noise_neighbours, config.noise_similarity,
                                             config.progress)
     figures = Path(config.figures)

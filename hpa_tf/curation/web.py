@@ -24,17 +24,15 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
 from hpa_tf.curation.corrections import append_correction, parse_labels
-from hpa_tf.curation.gallery import POOL_SETS, predicted_labels
-from hpa_tf.curation.pool import AnnotatedPool, Query, annotated_pool, find_query, nearest_annotated
+from hpa_tf.curation.gallery import predicted_labels, read_image
+from hpa_tf.curation.pool import AnnotatedPool, Query, find_query, nearest_annotated, open_pool
 from hpa_tf.curation.report import label_noise_report
-from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import HpaTfError, InferenceError
-from hpa_tf.inference.runs import TrainedRuns, require_embedder, resolve
+from hpa_tf.inference.runs import TrainedRuns
 from hpa_tf.inference.submission import serving_record
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target
-from hpa_tf.layout import COLORS, validate_id
+from hpa_tf.layout import COLORS, RunLayout, validate_id
 from hpa_tf.models.loading import load_classifier
-from hpa_tf.training.embedder import ensure_embeddings
 
 log = logging.getLogger(__name__)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -51,6 +49,7 @@ class Curation:
 
     config: InferenceConfig
     runs: TrainedRuns
+    embedder: RunLayout
     pool: AnnotatedPool
     corrections: Path
     curator: str
@@ -75,17 +74,14 @@ class Curation:
 
     def query(self, image_id: str) -> Query:
         """The image (its Id checked first: nothing but letters, digits, '-' and '_')."""
-        return find_query(self.pool, require_embedder(self.runs, "--serve").root, self.runs.data,
-                          validate_id(image_id))
+        return find_query(self.pool, self.embedder.root, self.runs.data, validate_id(image_id))
 
 
 def open_curation(config: InferenceConfig) -> Curation:
     """The runs of `config` with the metric run's test, kaggle and ext embeddings (extracted first where
     missing or stale) and their annotated pool."""
-    runs = resolve(config)
-    embedder = require_embedder(runs, "--serve")
-    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
-    return Curation(config, runs, annotated_pool(embedder.root, runs.data), Path(config.corrections),
+    runs, embedder, pool = open_pool(config, "--serve")
+    return Curation(config, runs, embedder, pool, Path(config.corrections),
                     config.curator or getpass.getuser())
 
 
@@ -96,7 +92,7 @@ def image_page(curation: Curation, query: Query) -> dict:
         predicted = predicted_labels(curation.models, curation.runs.data, query,
                                      serving_record(curation.config.output))
     rows, cosines = nearest_annotated(curation.pool, query, curation.config.k)
-    reference = set(query.true if query.true is not None else predicted or [])
+    reference = set(query.reference_labels(predicted))
     neighbours = []
     for row, cosine in zip(rows, cosines, strict=True):
         record = curation.pool.frame.iloc[int(row)]
@@ -110,17 +106,13 @@ def image_page(curation: Curation, query: Query) -> dict:
             [(c, LABEL_NAMES[c], "same" if predicted is None or c in predicted else "missed") for c in true],
             "predicted": None if predicted is None else
             [(c, LABEL_NAMES[c], "same" if true is None or c in true else "added") for c in predicted],
-            "form_labels": format_target(true if true is not None else predicted or []),
+            "form_labels": format_target(query.reference_labels(predicted)),
             "neighbours": neighbours, "curator": curation.curator}
 
 
 def image_png(curation: Curation, query: Query, view: str) -> bytes:
     """A PNG of one view of an image: the RGBY composite as HPA shows it, or one channel in grey."""
-    layout = curation.runs.data
-    if query.kaggle_split == "external":
-        rgby = read_rgby(layout, query.image_id, "external")
-    else:
-        rgby = read_rgby(layout, query.image_id, "png", query.kaggle_split)
+    rgby = read_image(curation.runs.data, query.image_id, query.kaggle_split)
     picture = viz.rgby_to_rgb(rgby) if view == "composite" else rgby[..., COLORS.index(view)]
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
