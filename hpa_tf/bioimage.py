@@ -132,7 +132,7 @@ def write_resource(saved_model: str | Path, resource: Resource, layout: DataLayo
     """A bioimage.io model resource of `saved_model` in `folder` (written whole, atomically), validated
     with bioimageio.spec (InferenceError with its summary when it is not valid)."""
     from bioimageio.spec import load_description
-    from bioimageio.spec._internal.io_utils import write_yaml
+    from bioimageio.spec.utils import write_yaml  # the package's public YAML 1.2 writer
 
     saved_model, folder = Path(saved_model), Path(folder)
     rgby, image = test_image(layout, resource.size)

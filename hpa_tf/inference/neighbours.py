@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import write_folder_atomic
+from hpa_tf.atomic import write_folder_atomic, write_json_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import format_target, parse_target
@@ -78,9 +78,8 @@ class NeighbourIndex:
                 self.searcher.serialize(str(temporary))
                 assets = temporary / SCANN_ASSETS
                 assets.write_text(assets.read_text().replace(f'"{temporary}/', f'"{final}/'))
-            (temporary / INDEX_INFO).write_text(json.dumps(
-                {"scann": self.searcher is not None, "rows": len(self.references),
-                 "fingerprint": fingerprint}, indent=2, sort_keys=True) + "\n")
+            write_json_atomic({"scann": self.searcher is not None, "rows": len(self.references),
+                               "fingerprint": fingerprint}, temporary / INDEX_INFO)
 
         return write_folder_atomic(folder, write)
 

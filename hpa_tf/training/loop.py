@@ -120,7 +120,7 @@ def finished_run(run: RunLayout, epochs: int) -> dict | None:
     if run.backup.exists() or not all(p.is_file() for p in (run.log, run.best_weights, run.best_state)):
         return None
     if run.config_json.is_file():
-        epochs = int(json.loads(run.config_json.read_text()).get("epochs", epochs))
+        epochs = run.read_config().epochs
     if not set(range(epochs)) <= set(read_log(run.log)[1]):
         return None
     best = json.loads(run.best_state.read_text())
