@@ -24,7 +24,7 @@ class RunConfig:
     run: str | None = None  # results go to out_dir/<run>[/fold<k>]; default: the profile name
     profile: str = "demo"
     backbone: str = "densenet121"
-    weights: str | None = "imagenet"
+    weights: str | None = "torchvision"
     img_size: int = 768
     batch_size: int = 48
     schedule: str = "Adam55"
@@ -112,16 +112,16 @@ class EmbedderConfig(RunConfig):
 CLASSIFIER_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=128, crop_size=64, batch_size=32,
                  schedule="Adam45", epochs=10, lr_scale=10.0, dropout=0.1),
-    "i768": dict(backbone="densenet121", weights="imagenet", img_size=768, crop_size=512, batch_size=48,
+    "i768": dict(backbone="densenet121", weights="torchvision", img_size=768, crop_size=512, batch_size=48,
                  schedule="Adam55", epochs=55, split="random_ext_folds5"),
-    "i1536": dict(backbone="densenet121", weights="imagenet", large=True, img_size=1536, crop_size=1024,
+    "i1536": dict(backbone="densenet121", weights="torchvision", large=True, img_size=1536, crop_size=1024,
                   batch_size=36, schedule="Adam45", epochs=45, split="noleak_clean"),
 }
 # Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
 EMBEDDER_PROFILES: dict[str, dict] = {
     "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
                  epochs=16, lr_scale=10.0),
-    "i768": dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
+    "i768": dict(backbone="resnet50", weights="torchvision", img_size=768, batch_size=32, schedule="FaceAdam",
                  epochs=50, nn_every=5),
 }
 

@@ -28,8 +28,8 @@ def _rgb_and_rgb0(size: int, n: int = 2, seed: int = 0):
 
 # Each family's own preprocessing, as Keras exports it: what the adapter must reproduce from torch input.
 FAMILY_PREPROCESS = {MINI: keras.applications.densenet, "densenet121": keras.applications.densenet,
-                     "resnet50": keras.applications.resnet50, "inceptionv3": keras.applications.inception_v3}
-STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "resnet50": "conv1_conv",
+                     "vgg16": keras.applications.vgg16, "inceptionv3": keras.applications.inception_v3}
+STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "vgg16": "block1_conv1",
              "inceptionv3": "conv2d"}
 
 
@@ -41,7 +41,7 @@ def adapted(request, adapted_backbone):
 
 def test_adapter_on_torch_input_equals_the_source_on_its_own_preprocessing(adapted):
     """On [z_R, z_G, z_B, 0] (RGB z-scored with ImageNet's mean and std) the 4-channel model equals the
-    source on keras.applications.<family>.preprocess_input(255 RGB): caffe BGR for ResNet, [-1, 1] for
+    source on keras.applications.<family>.preprocess_input(255 RGB): caffe BGR for VGG, [-1, 1] for
     Inception, torch for DenseNet."""
     name, source, model = adapted
     rgb = np.random.default_rng(0).random((2, 80, 80, 3)).astype("float32")
@@ -63,15 +63,15 @@ def test_families_that_normalise_inside_are_refused_with_the_reason(name):
 
 
 def test_yellow_kernel_copies_the_slice_that_reads_red(adapted):
-    """ResNet's caffe weights read BGR, so red is input slice 2 there; 0 for DenseNet and Inception."""
+    """VGG's caffe weights read BGR, so red is input slice 2 there; 0 for DenseNet and Inception."""
     name, source, model = adapted
     kernel3 = source.get_layer(STEM_CONV[name]).get_weights()[0]
     kernel4 = model.get_layer(STEM_CONV[name]).get_weights()[0]
-    red = 2 if name == "resnet50" else 0
+    red = 2 if name == "vgg16" else 0
     np.testing.assert_array_equal(kernel4[:, :, :3], kernel3)
     np.testing.assert_array_equal(kernel4[:, :, 3], kernel3[:, :, red])
     # and Y is scaled as red is: Y = z equals adding the red-kernel response of R = z with no offset
-    if name == "resnet50":
+    if name == "vgg16":
         kernel, bias = (np.asarray(w) for w in model.get_layer("input_convention").get_weights())
         assert kernel[0, 2] == pytest.approx(255 * 0.229) and kernel[3, 3] == kernel[0, 2]
         assert bias[3] == 0 and bias[2] == pytest.approx(255 * 0.485 - 123.68, abs=1e-4)

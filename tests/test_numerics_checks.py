@@ -196,10 +196,10 @@ def test_numpy_yardstick_on_hand_worked_resizes():
 def test_classifier_profiles_match_spec_8_1():
     """Run A (i768) and run B (i1536) of the spec's table, with the spec's optimiser settings."""
     expected = {
-        "i768": dict(backbone="densenet121", weights="imagenet", large=False, img_size=768, crop_size=512,
+        "i768": dict(backbone="densenet121", weights="torchvision", large=False, img_size=768, crop_size=512,
                      batch_size=48, schedule="Adam55", epochs=55, split="random_ext_folds5"),
-        "i1536": dict(backbone="densenet121", weights="imagenet", large=True, img_size=1536, crop_size=1024,
-                      batch_size=36, schedule="Adam45", epochs=45, split="noleak_clean"),
+        "i1536": dict(backbone="densenet121", weights="torchvision", large=True, img_size=1536,
+                      crop_size=1024, batch_size=36, schedule="Adam45", epochs=45, split="noleak_clean"),
     }
     assert set(CLASSIFIER_PROFILES) >= set(expected)
     for profile, values in expected.items():
@@ -220,7 +220,7 @@ def test_classifier_profiles_match_spec_8_1():
 def test_metric_profile_matches_spec_8_2():
     config = embedder_config("i768")
     got = dataclasses.asdict(config)
-    want = dict(backbone="resnet50", weights="imagenet", img_size=768, batch_size=32, schedule="FaceAdam",
+    want = dict(backbone="resnet50", weights="torchvision", img_size=768, batch_size=32, schedule="FaceAdam",
                 epochs=50, embedding_dim=512, arc_scale=30.0, arc_margin=0.5, dropout=False, clipnorm=1.0,
                 lr_scale=1.0, precision="fp32")
     assert {k: got[k] for k in want} == want

@@ -1,16 +1,19 @@
 """Backbones with a 4-channel RGBY stem (spec 6.1), the "large" variant (spec 6.2) and PyTorch-like
-BatchNorm, built from any `keras.applications` model by rewriting its config and copying its weights.
+BatchNorm, built from a 3-channel source model by rewriting its config and copying its weights.
 
-The source model is built as Keras ships it (3 channels, ImageNet weights or random ones); its config is
-edited (4-channel input, an extra 2x2/2 max-pool after the stem for "large", BatchNorm momentum 0.9 and
-optionally synchronised) and rebuilt, and every weight is copied by layer name. The first convolution
-keeps its RGB kernels and gets a copy of the red-input kernel slice as the Y input (no rescaling).
+The sources: torchvision's networks for the original's backbones (DenseNets from keras.applications, ResNet50
+from keras-hub; torchvision_nets), any other `keras.applications` model as Keras ships it. The source is
+built with 3 channels (torchvision's or Keras' ImageNet weights, or random ones); its config is edited
+(4-channel input, an extra 2x2/2 max-pool after the stem for "large", BatchNorm momentum 0.9, torch's
+epsilon for torchvision's networks, optionally synchronised) and rebuilt, and every weight is copied by
+layer name. The first convolution keeps its RGB kernels and gets a copy of the red-input kernel slice as
+the Y input (no rescaling).
 
 Every adapted backbone takes torch-convention input (RGB z-scored with ImageNet's mean and std, as the
-original's torchvision weights expect, plus Y). A fixed per-pixel affine layer in front converts it to the
-convention of the source's own weights, read off its family's `preprocess_input` (caffe BGR 0-255 minus
-the mean for ResNet, [-1, 1] for Inception, 0-255 for families that normalise inside, nothing for
-DenseNet); Y is scaled like red, without an offset, so that Y = 0 adds nothing.
+original's torchvision weights expect, plus Y). For Keras' weights of other families a fixed per-pixel
+affine layer in front converts it to the convention of those weights, read off the family's
+`preprocess_input` (caffe BGR 0-255 minus the mean for VGG, [-1, 1] for Inception, 0-255 for families that
+normalise inside); Y is scaled like red, without an offset, so that Y = 0 adds nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ import keras
 import numpy as np
 
 from hpa_tf.errors import ModelError
+from hpa_tf.models.torchvision_nets import (
+    TORCHVISION,
+    TORCHVISION_RESNETS,
+    is_torch_file,
+    is_torchvision_net,
+    load_imagenet,
+    torchvision_resnet,
+)
 
 # The layer after which "large" inserts its extra pool: the stem's max-pool of each known family.
 STEM_POOL = {"densenet": "pool1", "resnet": "pool1_pool"}
 _MINI_DENSENET = re.compile(r"densenet_(\d+)_(\d+)_(\d+)_(\d+)$")
 TORCH_BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1 in Keras' convention (spec 12)
+TORCH_BN_EPSILON = 1e-5  # PyTorch's default (keras.applications' DenseNet has 1.001e-5)
 # The torch convention the adapted backbones take (torchvision's ImageNet normalisation of RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +59,7 @@ def application_names() -> dict[str, callable]:
 
 def check_backbone(name: str, weights: str | None = None) -> None:
     """BackboneError unless `name` is a keras.applications model or densenet_A_B_C_D (random weights
-    only): checked before any data work."""
+    only) and `weights` fit it: checked before any data work."""
     if _MINI_DENSENET.match(name):
         if weights is not None:
             raise BackboneError(f"{name} has no pretrained weights; use weights=None (--weights none)")
@@ -56,12 +68,22 @@ def check_backbone(name: str, weights: str | None = None) -> None:
     if name not in apps:
         raise BackboneError(f"unknown backbone {name!r}; use densenet_A_B_C_D or one of: "
                             + ", ".join(sorted(apps)))
+    torchvision_weights = weights == TORCHVISION or is_torch_file(weights)
+    if torchvision_weights and not is_torchvision_net(name):
+        raise BackboneError(f"--weights {weights}: torchvision's weights are for densenet121/169/201 and "
+                            f"resnet50, not {name}; use --weights imagenet (Keras' weights) or none")
+    if name in TORCHVISION_RESNETS and weights is not None and not torchvision_weights:
+        raise BackboneError(f"{name} is torchvision's network (stride on the 3x3, no convolution bias), "
+                            f"which Keras' ImageNet weights do not fit; use --weights torchvision, a "
+                            ".pth / .safetensors file with torchvision's keys, or none")
     torch_to_source(name)  # refuses the families that normalise inside
 
 
 def source_model(name: str, weights: str | None = None) -> keras.Model:
-    """The 3-channel headless model as Keras builds it (any input size). `densenet_a_b_c_d` is Keras'
-    generic DenseNet with those block counts (random weights only): the small demo backbone."""
+    """The 3-channel headless model (any input size): torchvision's network for the original's backbones
+    (`weights` torchvision, a torch file, Keras' imagenet for DenseNets, or None), else as Keras builds it.
+    `densenet_a_b_c_d` is Keras' generic DenseNet with those block counts (random weights only): the small
+    demo backbone."""
     check_backbone(name, weights)
     mini = _MINI_DENSENET.match(name)
     if mini:
@@ -69,7 +91,13 @@ def source_model(name: str, weights: str | None = None) -> keras.Model:
 
         return DenseNet([int(b) for b in mini.groups()], include_top=False, weights=None,
                         input_shape=(None, None, 3), name=name)
-    return application_names()[name](include_top=False, weights=weights, input_shape=(None, None, 3))
+    torchvision_weights = weights == TORCHVISION or is_torch_file(weights)
+    if name in TORCHVISION_RESNETS:
+        model = torchvision_resnet(name)
+    else:
+        model = application_names()[name](include_top=False, weights=None if torchvision_weights else weights,
+                                          input_shape=(None, None, 3))
+    return load_imagenet(model, name, weights) if torchvision_weights else model
 
 
 def preprocess_function(name: str):
@@ -95,7 +123,10 @@ def torch_to_source(name: str, channels: int = 4) -> tuple[np.ndarray, np.ndarra
 
     The family's preprocess_input is affine per channel (possibly reordering them), so probing it with
     black and with one channel at 255 gives its matrix A and offset b; then out_rgb = A (255 (std z +
-    mean)) + b. Extra channels are scaled as red is and get no offset (the Y kernel copies red's)."""
+    mean)) + b. Extra channels are scaled as red is and get no offset (the Y kernel copies red's).
+    torchvision's networks take torch's convention itself: the identity."""
+    if is_torchvision_net(name):
+        return np.eye(channels), np.zeros(channels)
     preprocess = preprocess_function(name)
     probes = np.zeros((4, 1, 1, 3), np.float32)
     probes[1:, 0, 0] = 255.0 * np.eye(3)
@@ -183,6 +214,8 @@ def adapt(source: keras.Model, channels: int = 4, large: bool = False, sync_bn: 
         if layer["class_name"] == "BatchNormalization":
             layer["config"]["momentum"] = bn_momentum
             layer["config"]["synchronized"] = sync_bn
+            if is_torchvision_net(name):
+                layer["config"]["epsilon"] = TORCH_BN_EPSILON
     model = keras.Model.from_config(config)
     if convert:
         model.get_layer(CONVENTION_LAYER).set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
@@ -203,7 +236,7 @@ def _widen(weight: np.ndarray, channels: int, red: int = 0) -> np.ndarray:
     return weight
 
 
-def backbone(name: str = "densenet121", weights: str | None = "imagenet", channels: int = 4,
+def backbone(name: str = "densenet121", weights: str | None = TORCHVISION, channels: int = 4,
              large: bool = False, sync_bn: bool = False) -> keras.Model:
     """Headless `name` backbone taking [N, H, W, channels] and returning its last feature map."""
     return adapt(source_model(name, weights), channels=channels, large=large, sync_bn=sync_bn, name=name)

@@ -11,12 +11,12 @@ import keras
 
 from hpa_tf.errors import DataError
 from hpa_tf.labels import NUM_CLASSES
-from hpa_tf.models.backbones import TORCH_BN_MOMENTUM, backbone
+from hpa_tf.models.backbones import TORCH_BN_EPSILON, TORCH_BN_MOMENTUM, backbone
+from hpa_tf.models.torchvision_nets import TORCHVISION
 
 # Spec 4: the reference's RGBY statistics (Kaggle train + test 512 PNGs), used when no stats.json is given.
 REFERENCE_MEAN = (0.074598, 0.050630, 0.050891, 0.076287)
 REFERENCE_STD = (0.122813, 0.085745, 0.129882, 0.119411)
-TORCH_BN_EPSILON = 1e-5
 
 
 def load_stats(path: str | Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -51,7 +51,7 @@ def concat_pool(features, name: str = "pool"):
     return keras.layers.Concatenate(name=f"{name}_concat")([avg, top])
 
 
-def build_classifier(backbone_name: str = "densenet121", weights: str | None = "imagenet",
+def build_classifier(backbone_name: str = "densenet121", weights: str | None = TORCHVISION,
                      large: bool = False, mean=REFERENCE_MEAN, std=REFERENCE_STD, dropout: float = 0.5,
                      hidden: int | None = None, num_classes: int = NUM_CLASSES, sync_bn: bool = False,
                      name: str = "classifier") -> keras.Model:

@@ -10,11 +10,12 @@ from hpa_tf.layout import DataLayout
 from hpa_tf.models.arcface import ArcMarginProduct
 from hpa_tf.models.backbones import backbone
 from hpa_tf.models.classifier import concat_pool, torch_batchnorm, torch_dense
+from hpa_tf.models.torchvision_nets import TORCHVISION
 
 ANTIBODY_SPLIT = "external_antibody_split.csv"  # every HPAv18 image with its antibody code (spec 3.3)
 
 
-def build_embedder(backbone_name: str = "resnet50", weights: str | None = "imagenet",
+def build_embedder(backbone_name: str = "resnet50", weights: str | None = TORCHVISION,
                    embedding_dim: int = 512, hidden: int = 2048, dropout: bool = False, sync_bn: bool = False,
                    name: str = "embedder") -> keras.Model:
     """images [N, H, W, 4] in [0, 1] -> the 512-d feature (float32): concat pool -> BN -> Dense 2048 ->
