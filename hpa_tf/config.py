@@ -73,6 +73,7 @@ class ClassifierConfig(RunConfig):
     crop_size: int = 512
     dropout: float = 0.5
     device_augment: bool = False  # crops, resize and dihedral transform in the training step
+    reference_stats: bool = False  # normalise with spec 4's constants, not the dataset's (imported runs)
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -99,6 +100,7 @@ class EmbedderConfig(RunConfig):
     arc_scale: float = 30.0
     arc_margin: float = 0.5
     nn_every: int = 1  # nearest-neighbour accuracy every this many epochs (0: never)
+    arcface_classes: int | None = None  # ArcFace's classes; None: the dataset's antibodies (imported: set)
 
     @property
     def run_name(self) -> str:

@@ -150,6 +150,7 @@ class RunLayout:
     BACKUP = "backup"  # BackupAndRestore's folder: present while a run is unfinished
     TENSORBOARD = "tensorboard"
     INDEX = "index_ext"  # the ScaNN index over embeddings_ext.npz
+    ORIGINAL = "original.json"  # an imported run's checkpoint of the original (models.import_original)
 
     @property
     def config_json(self) -> Path:
@@ -188,6 +189,11 @@ class RunLayout:
     @property
     def index(self) -> Path:
         return self.root / self.INDEX
+
+    @property
+    def original(self) -> Path:
+        """original.json of a run imported from the original's checkpoint: its file, sha256, epoch, score."""
+        return self.root / self.ORIGINAL
 
     def weights(self, name: str = BEST_WEIGHTS) -> Path:
         """A checkpoint of the run by file name (best.weights.h5, 045.weights.h5, ...)."""
@@ -235,6 +241,15 @@ class RunLayout:
         if not path.is_file():
             raise RunFolderError(f"{path} not found: train this run first ({kind.command})")
         return path
+
+
+def run_dataset(config: RunConfig) -> DataLayout:
+    """The dataset a run was trained on (its config's data_dir); RunFolderError for a run that names none:
+    one imported from the original's checkpoint, which needs --data-dir."""
+    if config.data_dir is None:
+        raise RunFolderError(f"the {config.backbone} run (profile {config.profile}) was imported from the "
+                             "original's checkpoint and names no dataset: pass --data-dir")
+    return DataLayout(config.data_dir)
 
 
 @dataclass(frozen=True)

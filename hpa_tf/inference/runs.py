@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hpa_tf.config import ClassifierConfig, EmbedderConfig, InferenceConfig
 from hpa_tf.errors import InferenceError
-from hpa_tf.layout import DataLayout, RunLayout
+from hpa_tf.layout import DataLayout, RunLayout, run_dataset
 
 NO_RUN = "none"  # --metric-run none: no neighbour step
 
@@ -49,7 +49,7 @@ def trained_data(folds: list[RunLayout], embedder: RunLayout | None) -> DataLayo
     """The dataset the first fold (else the metric run) was trained on, from its config.json."""
     for run, kind in [(fold, ClassifierConfig) for fold in folds[:1]] + [(embedder, EmbedderConfig)]:
         if run is not None and run.config_json.is_file():
-            return DataLayout(run.read_config(kind).data_dir)
+            return run_dataset(run.read_config(kind))
     raise InferenceError("no trained run to take the dataset from: pass --data-dir or train first")
 
 

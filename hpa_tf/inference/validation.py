@@ -17,7 +17,7 @@ from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, ratio
 from hpa_tf.inference.predict import InferenceError, check_images, tta_probabilities
 from hpa_tf.inference.runs import resolve
 from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES
-from hpa_tf.layout import DataLayout, RunLayout
+from hpa_tf.layout import RunLayout, run_dataset
 from hpa_tf.metrics import f1_per_class
 from hpa_tf.models.loading import load_classifier
 from hpa_tf.training.classifier import split_frames
@@ -50,10 +50,10 @@ def check_folds(folders: list[Path], configs: list[ClassifierConfig]) -> None:
         raise InferenceError("no trained fold to validate: train one first "
                              f"({ClassifierConfig.command} --fold K)")
     first, base = folders[0], configs[0]
-    root = Path(base.data_dir).resolve()
+    root = run_dataset(base).root.resolve()
     seen: dict[int, Path] = {}
     for folder, config in zip(folders, configs, strict=True):
-        if Path(config.data_dir).resolve() != root or config.split != base.split:
+        if run_dataset(config).root.resolve() != root or config.split != base.split:
             raise InferenceError(f"{first} was trained on split {base.split} of {base.data_dir} but "
                                  f"{folder} on split {config.split} of {config.data_dir}: "
                                  "out-of-fold predictions need the folds of one split of one dataset")
@@ -72,7 +72,7 @@ def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max",
     check_folds(folders, configs)
     jobs, owner = [], {}
     for folder, config in zip(folders, configs, strict=True):  # every check before the long part
-        layout = DataLayout(config.data_dir)
+        layout = run_dataset(config)
         _, valid = split_frames(layout, config.split, config.fold)
         for image_id in valid["Id"]:
             if image_id in owner:
@@ -179,7 +179,7 @@ def validate(folds, ratio_source: str = "train", seeds=TTA_SEEDS, views=None, co
     """The folds' OOF predictions scored (ratios from `ratio_source` and the dataset's train_meta.csv,
     spec 10.1) and written to `path`; returns (summary, per_class)."""
     frame, probs = out_of_fold(folds, seeds, views, combine, batch_size)
-    layout = DataLayout(fold_config(folds[0]).data_dir)
+    layout = run_dataset(fold_config(folds[0]))
     target = ratios(ratio_source, pipeline.frame_labels(layout.read_meta("train_meta.csv")))
     summary, per_class = validation_report(pipeline.frame_labels(frame), probs, target, kaggle_rows(frame))
     write_validation(summary, per_class, path)

@@ -9,7 +9,7 @@ import keras
 
 from hpa_tf.config import ClassifierConfig, EmbedderConfig, RunConfig
 from hpa_tf.errors import ModelError
-from hpa_tf.layout import DataLayout, RunLayout
+from hpa_tf.layout import DataLayout, RunLayout, run_dataset
 from hpa_tf.models.classifier import build_classifier, load_stats
 from hpa_tf.models.embedder import build_arcface_network, number_of_classes
 
@@ -33,13 +33,16 @@ def dataset_stats(layout: DataLayout) -> tuple[tuple[float, ...], tuple[float, .
 
 def build_run_model(config: RunConfig, weights: str | None = None, layout: DataLayout | None = None
                     ) -> keras.Model:
-    """The network a run trains: the classifier normalised with its dataset's statistics, or the embedder
-    under ArcMarginProduct for its dataset's antibody classes; backbone `weights` (None: random); the
-    dataset is `layout`, else the config's data_dir."""
-    layout = layout or DataLayout(config.data_dir)
+    """The network a run trains: the classifier normalised with its dataset's statistics (spec 4's
+    constants with reference_stats), or the embedder under ArcMarginProduct for its dataset's antibody
+    classes (or arcface_classes); backbone `weights` (None: random); the dataset is `layout`, else the
+    config's data_dir, read only when needed (an imported run names none)."""
+    def dataset() -> DataLayout:
+        return layout or run_dataset(config)
+
     if isinstance(config, EmbedderConfig):
-        return build_arcface_network(config, number_of_classes(layout), weights)
-    mean, std = dataset_stats(layout)
+        return build_arcface_network(config, config.arcface_classes or number_of_classes(dataset()), weights)
+    mean, std = load_stats(None) if config.reference_stats else dataset_stats(dataset())
     return build_classifier(config.backbone, weights=weights, large=config.large, mean=mean, std=std,
                             dropout=config.dropout, sync_bn=config.sync_bn)
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from hpa_tf.errors import ModelError
+from hpa_tf.models.torch_files import CheckpointError, read_state_dict
 
 TORCHVISION_RESNETS = {"resnet50": (3, 4, 6, 3)}  # keras-hub's torchvision-exact ResNet (bottleneck blocks)
 TORCHVISION = "torchvision"  # --weights torchvision: the ImageNet weights the original started from
@@ -31,10 +32,6 @@ _TRANSITION = re.compile(r"pool(\d)_(conv|bn)$")
 _RESNET_BLOCK = re.compile(r"stack(\d)_block(\d+)_(\d)_(conv|bn)$")
 # Old torchvision DenseNet files (densenet121-a639ec97.pth) name layer parts `norm.1`, `conv.2`, ...
 _OLD_DENSE_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.(\d)\.")
-
-
-class CheckpointError(ModelError):
-    """A torch checkpoint that does not fit the model: missing, unexpected or misshapen tensors."""
 
 
 def is_torchvision_net(name: str) -> bool:
@@ -100,7 +97,12 @@ def _torch_keys(layer: keras.layers.Layer, module: str) -> list[str]:
     """The state-dict keys of `layer`'s weights in Keras' order."""
     if isinstance(layer, keras.layers.BatchNormalization):
         return [f"{module}.{part}" for part in ("weight", "bias", "running_mean", "running_var")]
-    return [f"{module}.weight", f"{module}.bias"][:len(layer.get_weights())]
+    return [f"{module}.weight", f"{module}.bias"][:len(layer.weights)]
+
+
+def torch_keys(model: keras.Model, modules: dict[str, str]) -> list[str]:
+    """Every state-dict key that load_torch_weights reads for `modules` (Keras name -> torch module)."""
+    return [key for name, module in modules.items() for key in _torch_keys(model.get_layer(name), module)]
 
 
 def _to_keras(layer: keras.layers.Layer, tensor: np.ndarray, index: int) -> np.ndarray:
@@ -160,8 +162,6 @@ def imagenet_file(name: str) -> Path:
 def load_imagenet(model: keras.Model, name: str, weights: str) -> keras.Model:
     """The 3-channel torchvision network `model` (backbone `name`) with torchvision's ImageNet weights:
     --weights torchvision (fetched once) or a .pth / .safetensors file with torchvision's keys."""
-    from hpa_tf.models.torch_files import read_state_dict
-
     path = imagenet_file(name) if weights == TORCHVISION else Path(weights)
     tensors = renamed_old_densenet_keys(read_state_dict(path))
     family = "resnet" if name in TORCHVISION_RESNETS else "densenet"

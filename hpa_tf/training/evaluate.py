@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_tf.labels import LABEL_NAMES
-from hpa_tf.layout import DataLayout, RunLayout
+from hpa_tf.layout import RunLayout, run_dataset
 from hpa_tf.metrics import f1_per_class
 from hpa_tf.output import run_or_exit
 
@@ -55,7 +55,7 @@ def evaluate_run(folder: str | Path, weights: str = RunLayout.BEST_WEIGHTS, batc
     from hpa_tf.training.classifier import split_frames
 
     model, config = load_classifier(folder, weights)
-    layout = DataLayout(config.data_dir)
+    layout = run_dataset(config)
     train, valid = split_frames(layout, config.split, config.fold)
     source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
     images = pipeline.valid_dataset(source, valid, config.crop_size, batch_size).map(lambda x, y: x)
