@@ -6,7 +6,9 @@ bioimageio.spec before it is kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import re
 import zipfile
@@ -21,7 +23,7 @@ from hpa_tf.atomic import write_folder_atomic
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import LABEL_NAMES
-from hpa_tf.layout import COLORS, DataLayout
+from hpa_tf.layout import COLORS, DataLayout, RunLayout
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = "0.5.4"
@@ -45,6 +47,7 @@ class Resource:
     channels: list[str]  # the output's channel names
     size: int  # the side of the test input (the model resizes any other size to it)
     tags: list[str]
+    original: dict | None = None  # original.json of runs imported from the original's trained checkpoint
 
 
 def identifier(text: str) -> str:
@@ -69,6 +72,17 @@ def embedder_resource(img_size: int, dim: int) -> Resource:
         "solution, reimplemented in TensorFlow: an RGBY image -> its embedding, whose cosine finds images "
         "of the same antibody.", "embedding", [f"feature_{i}" for i in range(dim)], img_size,
         ["human-protein-atlas", "embedding", "fluorescence-light-microscopy", "2d", "tensorflow"])
+
+
+def imported(resource: Resource, run: RunLayout) -> Resource:
+    """`resource` naming the original's trained weights when `run` was imported from its checkpoint
+    (hpa-import-original), as it is otherwise."""
+    if not run.original.is_file():
+        return resource
+    original = json.loads(run.original.read_text())
+    text = (f" The weights are the original solution's own, trained by Shubin Dai (bestfitting) in PyTorch: "
+            f"its {original['arch']} checkpoint (sha256 {original['sha256']}), imported into Keras.")
+    return dataclasses.replace(resource, description=resource.description + text, original=original)
 
 
 def sha256(path: Path) -> str:
@@ -110,6 +124,8 @@ def rdf(resource: Resource, files: dict[str, Path]) -> dict:
     axes_in = [{"type": "batch"}, {"type": "space", "id": "y", "size": resource.size},
                {"type": "space", "id": "x", "size": resource.size},
                {"type": "channel", "channel_names": list(COLORS)}]
+    weights_authors = {"authors": [{"name": "Shubin Dai (bestfitting), who trained these weights"}]} \
+        if resource.original else {}
     return {
         "format_version": FORMAT_VERSION, "type": "model", "name": resource.name,
         "description": resource.description, "authors": AUTHORS, "cite": CITE, "license": "MIT",
@@ -123,7 +139,7 @@ def rdf(resource: Resource, files: dict[str, Path]) -> dict:
                                      "sha256": sha256(files["test_output.npy"])}}],
         "weights": {"tensorflow_saved_model_bundle": {
             "source": "weights.zip", "sha256": sha256(files["weights.zip"]),
-            "tensorflow_version": tf.__version__.split("+")[0]}},
+            "tensorflow_version": tf.__version__.split("+")[0], **weights_authors}},
     }
 
 

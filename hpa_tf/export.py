@@ -137,16 +137,17 @@ def run_export(config: InferenceConfig, out_dir: str | Path) -> list[Path]:
     """`infer.py --export DIR`: the trained folds and the metric run of `config` as SavedModels (labels at
     the thresholds of the last --submission to config.output, OUTPUT.serving.json), each also as a
     bioimage.io model resource in DIR/bioimageio/<model>/<version>."""
-    from hpa_tf.bioimage import classifier_resource, embedder_resource, write_resource
+    from hpa_tf.bioimage import classifier_resource, embedder_resource, imported, write_resource
 
     runs = resolve(config, need_folds=True)
     written = export_runs([fold.root for fold in runs.folds], serving_record(config.output),
                           runs.embedder.root if runs.embedder else None, out_dir)
     classifier = runs.folds[0].read_config(ClassifierConfig)
-    resources = [classifier_resource(classifier.crop_size, len(runs.folds))]
+    resources = [imported(classifier_resource(classifier.crop_size, len(runs.folds)), runs.folds[0])]
     if runs.embedder is not None:
         embedder = runs.embedder.read_config(EmbedderConfig)
-        resources.append(embedder_resource(embedder.img_size, embedder.embedding_dim))
+        resource = embedder_resource(embedder.img_size, embedder.embedding_dim)
+        resources.append(imported(resource, runs.embedder))
     for folder, resource in zip(written, resources, strict=True):
         log.info(f"SavedModel written to {folder}")
         write_resource(folder, resource, runs.data,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed: the imported models are compared with "
@@ -23,7 +24,7 @@ from original_nets import (  # noqa: E402
 )
 
 from hpa_tf.errors import RunFolderError  # noqa: E402
-from hpa_tf.layout import RunLayout  # noqa: E402
+from hpa_tf.layout import DataLayout, RunLayout  # noqa: E402
 from hpa_tf.models import import_original as importer  # noqa: E402
 from hpa_tf.models.backbones import backbone  # noqa: E402
 from hpa_tf.models.loading import build_run_model, load_checkpoint, load_classifier, load_embedder  # noqa: E402
@@ -208,3 +209,48 @@ def test_torchvision_weights_offline_say_how_to_get_them(tmp_path, monkeypatch):
                                          r"resnet50-19c8e357\.pth.*--weights PATH") as error:
         backbone("resnet50", weights="torchvision")
     assert str(tmp_path / "models" / "resnet50.tv_in1k.safetensors") in str(error.value)
+
+
+def test_imported_folds_make_a_submission(densenets, prepared, tmp_path, capsys):
+    """`infer.py --submission` uses an imported fold like a trained one (RUNS/NAME/fold0, with --data-dir
+    naming the dataset, which the folder does not). The fold's sizes are cut to the tiny dataset's 64 px
+    cache in its config.json to keep the test fast."""
+    from hpa_tf.cli import infer
+
+    root, _ = prepared
+    checkpoint = tmp_path / "final.pth"
+    save_like_the_original(densenets[False], checkpoint, legacy=False)
+    assert importer.main([str(checkpoint), "--arch", "class_densenet121_dropout", "--out",
+                          str(tmp_path / "runs" / "bestfitting" / "fold0"), "--quiet"]) == 0
+    run = RunLayout(tmp_path / "runs" / "bestfitting" / "fold0")
+    config = json.loads(run.config_json.read_text())
+    run.config_json.write_text(json.dumps({**config, "img_size": 64, "crop_size": 32}))
+    output = tmp_path / "submission.csv"
+    common = ["--runs", str(tmp_path / "runs"), "--run", "bestfitting", "--metric-run", "none",
+              "--seeds", "0", "--output", str(output)]
+    assert infer.main(["--submission", *common]) == 2
+    assert "imported from the original's checkpoint and names no dataset: pass --data-dir" in \
+        capsys.readouterr().err
+    assert infer.main(["--submission", "--data-dir", str(root), *common]) == 0
+    submission = pd.read_csv(output, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(DataLayout(root).sample_submission_csv, dtype=str)
+    assert submission["Id"].tolist() == sample["Id"].tolist()
+    probs = np.load(output.with_suffix(".prob.npy"))
+    assert probs.shape == (len(sample), 28) and np.isfinite(probs).all()
+
+
+def test_the_bioimage_resource_of_an_imported_run_names_the_original_weights(tmp_path):
+    from hpa_tf.bioimage import classifier_resource, imported, rdf
+
+    run = RunLayout(tmp_path)
+    resource = classifier_resource(512, 5)
+    assert imported(resource, run) == resource  # a run trained here
+    run.original.write_text(json.dumps({"arch": "class_densenet121_large_dropout", "sha256": "ab" * 32}))
+    for name in ("weights.zip", "test_input.npy", "test_output.npy"):
+        (tmp_path / name).write_bytes(b"x")
+    files = {name: tmp_path / name for name in ("weights.zip", "test_input.npy", "test_output.npy")}
+    description = rdf(imported(resource, run), files)
+    assert "class_densenet121_large_dropout checkpoint (sha256 " + "ab" * 32 in description["description"]
+    authors = description["weights"]["tensorflow_saved_model_bundle"]["authors"]
+    assert authors == [{"name": "Shubin Dai (bestfitting), who trained these weights"}]
+    assert "authors" not in rdf(resource, files)["weights"]["tensorflow_saved_model_bundle"]
