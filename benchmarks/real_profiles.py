@@ -11,6 +11,11 @@ each stage in its own subprocess, so that its time and peak memory are its own:
 | metric-i768 | one step of metric profile i768 (ResNet50 at 768, ArcMarginProduct over 12,815 antibodies) |
 | tta-768 | tta_probabilities at 768 -> 512 (seed 0: 8 dihedral views per image) on --tta-images images |
 | export-i768 | export_classifier of the i768 classifier, reload, serving_uint8 on one 768 px uint8 image |
+| import-i768 | the original's class_densenet121_dropout in PyTorch (random weights, BatchNorm statistics; |
+| | tests/original_nets.py) saved as its 0.4-format checkpoint, hpa-import-original, then the 8 |
+| | dihedral views of one 512 px image through both: logits' relative max error (needs torch) |
+| import-i1536 | the same for class_densenet121_large_dropout at 1024 px |
+| import-metric | the same for class_resnet50_dropout at 768 px (12,815 classes): the embeddings' error |
 
 Every stage checks the feature map of spec 6.2 / 6.4, symbolically (compute_output_shape) and by running
 the built model's backbone on one real input: 16x16x1024 for DenseNet121 at 512, 16x16x1024 for the large
@@ -37,7 +42,12 @@ import time
 import traceback
 from pathlib import Path
 
-STAGES = ("prepare", "train-i768", "train-i1536", "metric-i768", "tta-768", "export-i768")
+STAGES = ("prepare", "train-i768", "train-i1536", "metric-i768", "tta-768", "export-i768", "import-i768",
+          "import-i1536", "import-metric")
+# The original's model class of each import stage, and its input side at the real profile.
+IMPORTS = {"import-i768": ("class_densenet121_dropout", 512),
+           "import-i1536": ("class_densenet121_large_dropout", 1024),
+           "import-metric": ("class_resnet50_dropout", 768)}
 SIZES = (768, 1536)
 ARC_CLASSES = 12815  # spec 6.4: antibody classes of the original's HPAv18 split
 # Spec 6.2 / 6.4: (backbone input side, final feature map) of each profile's backbone.
@@ -370,12 +380,54 @@ def stage_export(args) -> dict:
                        f"serve {timings['serve_s']:.1f} s"}
 
 
+def stage_import(args, stage: str) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the original's PyTorch classes
+    from original_nets import DensenetClass, ResnetClass, save_like_the_original, with_running_statistics
+
+    from hpa_tf.models.import_original import import_original
+    from hpa_tf.models.loading import load_classifier, load_embedder
+
+    arch, side = IMPORTS[stage]
+    torch.manual_seed(args.seed)
+    metric = arch == "class_resnet50_dropout"
+    original = ResnetClass(args.arc_classes or ARC_CLASSES) if metric else \
+        DensenetClass(large="large" in arch)
+    original = with_running_statistics(original, seed=args.seed)
+    checkpoint = args.work / f"{arch}.pth"
+    save_like_the_original(original, checkpoint, legacy=True)
+    timings = {}
+    start = time.perf_counter()
+    run = import_original(checkpoint, arch, args.work / "imported" / arch)
+    timings["import_s"] = time.perf_counter() - start
+    model, _ = (load_embedder if metric else load_classifier)(run.root)
+    image = np.random.default_rng(args.seed).random((side, side, 4)).astype(np.float32)
+    views = np.stack([np.rot90(np.fliplr(image) if flip else image, k) for flip in (0, 1) for k in range(4)])
+    start = time.perf_counter()
+    keras_out = np.asarray(model.predict(views, batch_size=args.batch, verbose=0))
+    timings["keras_tta_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        torch_out = original(torch.from_numpy(views.transpose(0, 3, 1, 2).copy()))
+    timings["torch_tta_s"] = time.perf_counter() - start
+    torch_out = (torch_out[1] if metric else torch_out).numpy()
+    error = float(np.abs(keras_out - torch_out).max() / np.abs(torch_out).max())
+    assert error < 1e-4, f"{arch}: relative max error {error:.1e} against PyTorch"
+    return {"batch": "8 views", **timings, "error": error,
+            "summary": f"{arch}: import {timings['import_s']:.1f} s, 8 views at {side} px: Keras "
+                       f"{timings['keras_tta_s']:.1f} s, PyTorch {timings['torch_tta_s']:.1f} s, "
+                       f"{'embedding' if metric else 'logit'} relative max error {error:.1e}"}
+
+
 def run_stage(args) -> int:
     """Run one stage in this process; writes its result (or its error) to --result."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     functions = {"prepare": stage_prepare, "train-i768": lambda a: stage_train(a, "i768"),
                  "train-i1536": lambda a: stage_train(a, "i1536"), "metric-i768": stage_metric,
-                 "tta-768": stage_tta, "export-i768": stage_export}
+                 "tta-768": stage_tta, "export-i768": stage_export,
+                 **{stage: lambda a, stage=stage: stage_import(a, stage) for stage in IMPORTS}}
     try:
         result = {"ok": True, **functions[args.stage](args)}
         code = 0
