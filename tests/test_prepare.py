@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from atomic_files import temporaries
 
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
@@ -33,11 +34,6 @@ def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 
 def _run(root: Path, **kwargs) -> dict:
     return prepare.prepare(root, workers=1, progress=False, **kwargs)
-
-
-def _temporaries(root: Path) -> list[Path]:
-    """Hidden temp files of hpa_tf.atomic.write_atomic (`.{name}.XXXXXXXX.tmp{suffix}`) under root."""
-    return [p for p in root.rglob(".*") if ".tmp" in p.name]
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -274,7 +270,7 @@ def test_truncated_zlib_tif_stops_a_pool_run_with_one_error(tiny_dataset, tmp_pa
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(truncated) in errors[0] and "Traceback" not in done.stderr, done.stderr
-    assert not _temporaries(root)
+    assert not temporaries(root)
 
 
 def _prepared_copy(prepared, tmp_path) -> tuple[Path, DataLayout]:
@@ -296,7 +292,7 @@ def test_stray_temp_files_are_removed_by_a_rerun(prepared, tmp_path):
     kept = cache.parent / ".notes"  # not a temp file of ours
     kept.write_text("keep")
     _run(root)
-    assert not _temporaries(root) and kept.is_file()
+    assert not temporaries(root) and kept.is_file()
 
 
 def _within(seconds: float, fn):
@@ -373,7 +369,7 @@ def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monk
     items = [("slow", str(folder)), ("bad", str(folder))]
     with pytest.raises(DataError, match="bad.png"):
         _within(60, lambda: list(imap(pool_helpers.task, items, workers=2, chunksize=1)))
-    assert not _temporaries(folder)
+    assert not temporaries(folder)
     assert (folder / "out.bin").read_bytes() == b"whole"  # the write under way was finished
 
 
