@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from atomic_files import temporaries
 
+from hpa_tf import parallel
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.resize import read_cached_rgby
@@ -344,13 +345,11 @@ def task(item):
     folder = Path(folder)
     if kind == "bad":  # fails while the other worker is in the middle of an atomic write
         _wait(lambda: any(folder.glob(".*.tmp*")))
-        (folder / "go").touch()
         raise DataError(f"cannot read image {folder / 'bad.png'}")
 
-    def slow(temp):
+    def slow(temp):  # ends its write only once the parent, stopping the pool, waits for it
         temp.write_bytes(b"half")
-        _wait((folder / "go").is_file)
-        time.sleep(0.5)
+        _wait((folder / "draining").is_file)
         temp.write_bytes(b"whole")
 
     write_atomic(folder / "out.bin", slow)
@@ -359,6 +358,7 @@ def task(item):
 
 
 def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monkeypatch):
+    """The write under way when another worker fails is finished (no temp file left), at any speed."""
     # terminating the pool at once killed workers mid-write, leaving their temp files behind
     (tmp_path / "pool_helpers.py").write_text(POOL_HELPERS)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path too
@@ -366,6 +366,13 @@ def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monk
 
     folder = tmp_path / "out"
     folder.mkdir()
+    drain = parallel._drain
+
+    def draining(results):  # the slow write goes on until here: a pool terminated at once kills it
+        (folder / "draining").touch()
+        drain(results)
+
+    monkeypatch.setattr(parallel, "_drain", draining)
     items = [("slow", str(folder)), ("bad", str(folder))]
     with pytest.raises(DataError, match="bad.png"):
         _within(60, lambda: list(imap(pool_helpers.task, items, workers=2, chunksize=1)))
