@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from atomic_files import temporaries
 
+from hpa_tf import parallel
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
 from hpa_tf.data.resize import read_cached_rgby
@@ -33,11 +36,6 @@ def _copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 
 def _run(root: Path, **kwargs) -> dict:
     return prepare.prepare(root, workers=1, progress=False, **kwargs)
-
-
-def _temporaries(root: Path) -> list[Path]:
-    """Hidden temp files of hpa_tf.atomic.write_atomic (`.{name}.XXXXXXXX.tmp{suffix}`) under root."""
-    return [p for p in root.rglob(".*") if ".tmp" in p.name]
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -274,7 +272,7 @@ def test_truncated_zlib_tif_stops_a_pool_run_with_one_error(tiny_dataset, tmp_pa
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(truncated) in errors[0] and "Traceback" not in done.stderr, done.stderr
-    assert not _temporaries(root)
+    assert not temporaries(root)
 
 
 def _prepared_copy(prepared, tmp_path) -> tuple[Path, DataLayout]:
@@ -296,7 +294,7 @@ def test_stray_temp_files_are_removed_by_a_rerun(prepared, tmp_path):
     kept = cache.parent / ".notes"  # not a temp file of ours
     kept.write_text("keep")
     _run(root)
-    assert not _temporaries(root) and kept.is_file()
+    assert not temporaries(root) and kept.is_file()
 
 
 def _within(seconds: float, fn):
@@ -348,13 +346,11 @@ def task(item):
     folder = Path(folder)
     if kind == "bad":  # fails while the other worker is in the middle of an atomic write
         _wait(lambda: any(folder.glob(".*.tmp*")))
-        (folder / "go").touch()
         raise DataError(f"cannot read image {folder / 'bad.png'}")
 
-    def slow(temp):
+    def slow(temp):  # ends its write only once the parent, stopping the pool, waits for it
         temp.write_bytes(b"half")
-        _wait((folder / "go").is_file)
-        time.sleep(0.5)
+        _wait((folder / "draining").is_file)
         temp.write_bytes(b"whole")
 
     write_atomic(folder / "out.bin", slow)
@@ -363,6 +359,7 @@ def task(item):
 
 
 def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monkeypatch):
+    """The write under way when another worker fails is finished (no temp file left), at any speed."""
     # terminating the pool at once killed workers mid-write, leaving their temp files behind
     (tmp_path / "pool_helpers.py").write_text(POOL_HELPERS)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path too
@@ -370,10 +367,17 @@ def test_a_worker_error_stops_the_pool_cleanly_and_keeps_its_type(tmp_path, monk
 
     folder = tmp_path / "out"
     folder.mkdir()
+    drain = parallel._drain
+
+    def draining(results):  # the slow write goes on until here: a pool terminated at once kills it
+        (folder / "draining").touch()
+        drain(results)
+
+    monkeypatch.setattr(parallel, "_drain", draining)
     items = [("slow", str(folder)), ("bad", str(folder))]
     with pytest.raises(DataError, match="bad.png"):
         _within(60, lambda: list(imap(pool_helpers.task, items, workers=2, chunksize=1)))
-    assert not _temporaries(folder)
+    assert not temporaries(folder)
     assert (folder / "out.bin").read_bytes() == b"whole"  # the write under way was finished
 
 
@@ -389,6 +393,7 @@ def test_verifying_rerun_redoes_a_cache_png_corrupted_in_place(prepared, tmp_pat
     middle = len(good[damaged]) // 2  # inside the IDAT data of these small PNGs
     flipped = bytes(b ^ 0xFF for b in good[damaged][middle:middle + 16])
     damaged.write_bytes(good[damaged][:middle] + flipped + good[damaged][middle + 16:])
+    os.utime(damaged, ns=(0, 0))  # a rewrite then shows in its mtime, however fast it follows this write
     assert damaged.stat().st_size == len(good[damaged])
     before = _mtimes(root)
     _run(root)
