@@ -20,9 +20,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", dest="out_dir", default=None, help="results root (default: runs)")
     add("--run", default=None, help="run name (default: the profile name)")
     add("--backbone", default=None,
-        help="keras.applications name (densenet121, resnet50, inceptionv3, ...) or densenet_A_B_C_D "
-             "(a DenseNet with those block counts, random weights)")
-    add("--weights", default=None, help="'imagenet' (downloads once), 'none' (random), or a weights file")
+        help="densenet121 or resnet50 (torchvision's networks, as the original's), another "
+             "keras.applications name (inceptionv3, xception, ...) or densenet_A_B_C_D (a DenseNet with "
+             "those block counts, random weights)")
+    add("--weights", default=None,
+        help="'torchvision' (the original's ImageNet weights, fetched once; densenet*, resnet50), a .pth / "
+             ".safetensors file of them, 'imagenet' (Keras' weights; not resnet50), 'none' (random), or a "
+             "Keras weights file")
     add("--img-size", type=int, default=None, help="resize cache to read (prepare --sizes)")
     add("--batch-size", type=int, default=None, help="global batch, split over replicas")
     add("--schedule", choices=sorted(SCHEDULES), default=None, help="learning-rate schedule by epoch")
