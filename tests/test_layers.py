@@ -1,4 +1,4 @@
-"""The package's imports only point down its layers (README "Code map"): every `import hpa_tf...` of every
+"""The package's imports only point down its layers (docs/code-map.md): every `import hpa_tf...` of every
 module, lazy ones inside functions included, parsed from the source."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def layer_of(module: str) -> int:
     for rank, names in enumerate(LAYERS):
         if top in names:
             return rank
-    raise KeyError(f"{module} is in no layer: add it to LAYERS and to README's code map")
+    raise KeyError(f"{module} is in no layer: add it to LAYERS and to the code map (docs/code-map.md)")
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -95,12 +95,12 @@ def test_the_check_finds_an_upward_import(tmp_path):
 
 
 def code_map() -> str:
-    """README's "Code map" section."""
-    readme = (PACKAGE.parent / "README.md").read_text()
-    return readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    """The "Code map" section of the documentation (docs/code-map.md)."""
+    page = (PACKAGE.parent / "docs" / "code-map.md").read_text()
+    return page.split("\n## Code map\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_the_readme_code_map_names_every_module_and_only_modules():
+def test_the_code_map_names_every_module_and_only_modules():
     """Every module is in the map (itself or its package, e.g. data.synthetic for its plan, render, ...),
     and every dotted name in the map's module column exists."""
     rows = [line.split("|") for line in code_map().splitlines() if line.startswith("| ")]  # header first
@@ -111,4 +111,4 @@ def test_the_readme_code_map_names_every_module_and_only_modules():
     for path in (p for p in modules() if p.name != "__init__.py"):  # a package: by its modules
         dotted = module_name(path).removeprefix("hpa_tf.")
         parents = [".".join(dotted.split(".")[:n]) for n in range(1, dotted.count(".") + 2)]
-        assert any(p in named for p in parents), f"{dotted} is not in README's code map"
+        assert any(p in named for p in parents), f"{dotted} is not in the code map (docs/code-map.md)"
