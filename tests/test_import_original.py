@@ -211,22 +211,31 @@ def test_torchvision_weights_offline_say_how_to_get_them(tmp_path, monkeypatch):
     assert str(tmp_path / "models" / "resnet50.tv_in1k.safetensors") in str(error.value)
 
 
-def test_imported_folds_make_a_submission(densenets, prepared, tmp_path, capsys):
-    """`infer.py --submission` uses an imported fold like a trained one (RUNS/NAME/fold0, with --data-dir
-    naming the dataset, which the folder does not). The fold's sizes are cut to the tiny dataset's 64 px
-    cache in its config.json to keep the test fast."""
+def _import_small(model, arch: str, out, **sizes) -> RunLayout:
+    """`model` saved as the original did and imported to `out` by the CLI, its config's sizes cut to the
+    tiny dataset's 64 px cache (to keep the tests fast)."""
+    checkpoint = out.parent / f"{out.name}.pth"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_like_the_original(model, checkpoint, legacy=False)
+    assert importer.main([str(checkpoint), "--arch", arch, "--out", str(out), "--quiet"]) == 0
+    run = RunLayout(out)
+    run.config_json.write_text(json.dumps({**json.loads(run.config_json.read_text()), **sizes}))
+    return run
+
+
+def test_imported_runs_make_a_submission(densenets, resnet, prepared, tmp_path, capsys):
+    """`infer.py --submission` uses an imported fold (RUNS/NAME/fold0) and an imported metric run like
+    trained ones, with --data-dir naming the dataset, which the folders do not: the embeddings are
+    extracted from that dataset's images."""
     from hpa_tf.cli import infer
+    from hpa_tf.embeddings import load_embeddings
 
     root, _ = prepared
-    checkpoint = tmp_path / "final.pth"
-    save_like_the_original(densenets[False], checkpoint, legacy=False)
-    assert importer.main([str(checkpoint), "--arch", "class_densenet121_dropout", "--out",
-                          str(tmp_path / "runs" / "bestfitting" / "fold0"), "--quiet"]) == 0
-    run = RunLayout(tmp_path / "runs" / "bestfitting" / "fold0")
-    config = json.loads(run.config_json.read_text())
-    run.config_json.write_text(json.dumps({**config, "img_size": 64, "crop_size": 32}))
+    _import_small(densenets[False], "class_densenet121_dropout", tmp_path / "runs" / "bestfitting" / "fold0",
+                  img_size=64, crop_size=32)
+    metric = _import_small(resnet, "class_resnet50_dropout", tmp_path / "metric", img_size=64)
     output = tmp_path / "submission.csv"
-    common = ["--runs", str(tmp_path / "runs"), "--run", "bestfitting", "--metric-run", "none",
+    common = ["--runs", str(tmp_path / "runs"), "--run", "bestfitting", "--metric-run", str(metric.root),
               "--seeds", "0", "--output", str(output)]
     assert infer.main(["--submission", *common]) == 2
     assert "imported from the original's checkpoint and names no dataset: pass --data-dir" in \
@@ -237,6 +246,11 @@ def test_imported_folds_make_a_submission(densenets, prepared, tmp_path, capsys)
     assert submission["Id"].tolist() == sample["Id"].tolist()
     probs = np.load(output.with_suffix(".prob.npy"))
     assert probs.shape == (len(sample), 28) and np.isfinite(probs).all()
+    _, test_ids = load_embeddings(metric.embeddings("test"))
+    _, ext_ids = load_embeddings(metric.embeddings("ext"))
+    external = pd.read_csv(DataLayout(root).meta_dir / "external_meta.csv", dtype=str)
+    assert test_ids.tolist() == sample["Id"].tolist() and set(ext_ids) == set(external["Id"])
+    assert pd.read_csv(output.with_suffix(".neighbours.csv"))["Id"].tolist() == sample["Id"].tolist()
 
 
 def test_the_bioimage_resource_of_an_imported_run_names_the_original_weights(tmp_path):

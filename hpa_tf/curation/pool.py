@@ -79,7 +79,7 @@ def open_pool(config: InferenceConfig, what: str) -> tuple[TrainedRuns, RunLayou
     run's test, kaggle and ext embeddings are extracted first where missing or stale."""
     runs = resolve(config)
     embedder = require_embedder(runs, what)
-    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress)
+    ensure_embeddings(embedder.root, POOL_SETS, progress=config.progress, data_dir=runs.data.root)
     return runs, embedder, annotated_pool(embedder.root, runs.data)
 
 

@@ -108,7 +108,8 @@ def run_sweep(config: InferenceConfig) -> Choice:
     """`infer.py --sweep`: val_sweep of the metric run's embeddings_ext.npz (extracted first where missing
     or older than its checkpoint); logs the rows where counts change and returns the threshold auto takes."""
     runs = resolve(config)
-    (path,) = ensure_embeddings(require_embedder(runs, "--sweep").root, ["ext"], progress=config.progress)
+    (path,) = ensure_embeddings(require_embedder(runs, "--sweep").root, ["ext"], progress=config.progress,
+                                data_dir=runs.data.root)
     feats, ids = load_embeddings(path)
     sweep = val_sweep(feats, ids, runs.data)
     choice = choose(sweep, config.impostor_rate)

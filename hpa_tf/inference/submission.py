@@ -73,7 +73,7 @@ def matching_embeddings(config: InferenceConfig, embedder: RunLayout, layout: Da
     """The metric run's test and HPAv18 embeddings (extracted first where missing or stale) and the
     HPAv18 labels, checked before the long part: ids in sample_submission order, equal dimensions, every
     HPAv18 id labelled, every value finite."""
-    ensure_embeddings(embedder.root, ["test", "ext"], progress=config.progress)
+    ensure_embeddings(embedder.root, ["test", "ext"], progress=config.progress, data_dir=layout.root)
     test_feats, test_ids = load_embeddings(embedder.embeddings("test"))
     ext_feats, ext_ids = load_embeddings(embedder.embeddings("ext"))
     if test_ids.tolist() != list(ids):

@@ -18,7 +18,7 @@ from hpa_tf.config import EmbedderConfig
 from hpa_tf.data import pipeline
 from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
 from hpa_tf.errors import TrainingSetupError
-from hpa_tf.layout import RunLayout
+from hpa_tf.layout import RunLayout, run_dataset
 from hpa_tf.losses import arcface_loss
 from hpa_tf.models.embedder import number_of_classes
 from hpa_tf.models.loading import build_run_model, load_embedder
@@ -131,15 +131,17 @@ def train_embedder(config: EmbedderConfig, callbacks=(), progress: bool = True, 
 
 
 def extract(folder: str | Path | RunLayout, sets: list[str], weights: str = RunLayout.BEST_WEIGHTS,
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, data_dir: str | Path | None = None) -> list[Path]:
     """Write `embeddings_<set>.npz` (feats [N, D] float32, ids) for each named set of EXTRACT_SETS into a
-    metric run's folder, from its checkpoint `weights`, with the run's own settings (config.json)."""
+    metric run's folder, from its checkpoint `weights`, with the run's own settings (config.json), of the
+    images of `data_dir` (default: the run's dataset; an imported run names none)."""
     unknown = [s for s in sets if s not in EXTRACT_SETS]
     if unknown:
         raise TrainingSetupError(f"unknown extraction set(s) {unknown}; choose from {sorted(EXTRACT_SETS)}")
     run = folder if isinstance(folder, RunLayout) else RunLayout(folder)
     embedder, config = load_embedder(run.root, weights)  # before any data work: fails early
-    config = dataclasses.replace(config, strategy="default")  # one device
+    data_dir = str(data_dir) if data_dir is not None else str(run_dataset(config).root)
+    config = dataclasses.replace(config, strategy="default", data_dir=data_dir)  # one device
     session = start_session(config, progress)
     written = []
     for name in sets:
@@ -152,9 +154,10 @@ def extract(folder: str | Path | RunLayout, sets: list[str], weights: str = RunL
 
 
 def ensure_embeddings(metric_run: str | Path, sets: list[str], weights: str = RunLayout.BEST_WEIGHTS,
-                      progress: bool = True) -> list[Path]:
-    """The metric run's `embeddings_<set>.npz` files, extracted first where one is missing or older than
-    the checkpoint `weights` (so inference needs no separate --extract step)."""
+                      progress: bool = True, data_dir: str | Path | None = None) -> list[Path]:
+    """The metric run's `embeddings_<set>.npz` files, extracted first (from the images of `data_dir`, else
+    the run's dataset) where one is missing or older than the checkpoint `weights` (so inference needs no
+    separate --extract step)."""
     run = RunLayout(metric_run)
     checkpoint = run.weights(weights)
     paths = [run.embeddings(name) for name in sets]
@@ -168,5 +171,5 @@ def ensure_embeddings(metric_run: str | Path, sets: list[str], weights: str = Ru
              if path in missing or path.stat().st_mtime < checkpoint.stat().st_mtime]
     if stale:
         log.info(f"extracting embeddings {', '.join(stale)} of {run.root} (missing or older than {weights})")
-        extract(run, stale, weights, progress)
+        extract(run, stale, weights, progress, data_dir)
     return paths
