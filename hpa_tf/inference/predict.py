@@ -60,22 +60,25 @@ def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop
                        seeds=TTA_SEEDS, combine: str = "max", batch_size: int = 4,
                        views: list[str] | None = None) -> np.ndarray:
     """[S, N, 28]: per seed (spec 5.4) the chosen dihedral views of each image combined by `combine`; the
-    views of `batch_size` images go through one forward pass."""
+    views of `batch_size` images go through one forward pass per seed (the memory of one pass does not grow
+    with the number of seeds). Out of memory: InferenceError saying to lower --batch-size."""
     check_combine(combine)
-    chosen = tf.constant(view_indices(seeds, views))
+    chosen = view_indices(seeds, views)
     per_seed = len(chosen) // len(seeds)
-    forward = tf.function(lambda all_views: combined_probabilities(
-        model, tf.reshape(tf.gather(all_views, chosen, axis=1),
-                          [-1, per_seed, crop_size, crop_size, 4]), combine))
+    forward = tf.function(lambda seed_views: combined_probabilities(model, seed_views, combine))
     out = np.zeros((len(seeds), len(frame), 28), np.float32)
     done = 0  # rows so far, in frame order: a read error lies at or after them
     try:
         for all_views, index in pipeline.tta_dataset(source, frame, crop_size, batch_size, tuple(seeds)):
-            probs = forward(all_views).numpy().reshape(-1, len(seeds), 28)  # images x seeds, seed-minor
-            out[:, index.numpy()] = probs.transpose(1, 0, 2)
+            for s in range(len(seeds)):
+                seed_views = tf.gather(all_views, chosen[s * per_seed:(s + 1) * per_seed], axis=1)
+                out[s, index.numpy()] = forward(seed_views).numpy()
             done += len(index)
     except tf.errors.InvalidArgumentError as error:
         raise pipeline.unreadable_image(source, frame, error, done) from None
+    except tf.errors.ResourceExhaustedError:
+        raise InferenceError(f"out of memory predicting {batch_size} image(s) x {per_seed} views of "
+                             f"{crop_size} px in one pass: lower --batch-size") from None
     return out
 
 
