@@ -217,7 +217,7 @@ def test_one_command_extracts_missing_embeddings_and_reuses_the_index(trained_ru
     feats, ids = load_embeddings(metric / "embeddings_ext.npz")
     save_embeddings(metric / "embeddings_ext.npz", feats[::-1], ids[::-1])  # changed: rebuilt
     assert infer.main(base) == 0
-    assert f"saved to {metric / 'index_ext'}" in capsys.readouterr().out
+    assert f"rebuilt in {metric / 'index_ext'}: it was built from other embeddings" in capsys.readouterr().err
 
 
 OUTPUT_SUFFIXES = (".csv", ".steps.csv", ".neighbours.csv", ".prob.npy", ".prob_ids.csv", ".thresholds.npy",

@@ -106,9 +106,7 @@ def neighbour_step(config: InferenceConfig, embedder: RunLayout, embeddings: dic
     """Spec 10.5: label sets replaced from the nearest HPAv18 image where its cosine is above `threshold`;
     returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
     test_feats, ext_feats = embeddings["test"], embeddings["ext"]
-    index, reused = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
-    log.info(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
-             f"{embedder.index}")
+    index = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
     indices, cosines = match(test_feats, ext_feats, k=config.neighbour_k, index=index)
     references = embeddings["ext_meta"]
     after, replaced = replace_labels(before, indices[:, 0], cosines[:, 0], references["Target"].tolist(),
