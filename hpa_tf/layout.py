@@ -122,10 +122,23 @@ class DataLayout:
         return _read_prepared(self.split_dir / name, self, dtype={"Id": str, "Target": str})
 
 
+def read_table(path: Path, columns: list[str] = (), dtype=str, remedy: str = "") -> pd.DataFrame:
+    """A CSV file (empty cells kept as ""), or DataError naming it when it is not a table (empty, garbled,
+    not text) or lacks one of `columns`; `remedy` says how to write it again."""
+    try:
+        frame = pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path} is damaged ({type(error).__name__}: {str(error).strip()}){remedy}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}{remedy}")
+    return frame
+
+
 def _read_prepared(path: Path, layout: DataLayout, dtype) -> pd.DataFrame:
     if not path.is_file():
         raise TrainingSetupError(f"missing {path}: run {layout.prepare_hint()} first")
-    return pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    return read_table(path, dtype=dtype, remedy=f": run {layout.prepare_hint()} to write it again")
 
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -229,7 +242,14 @@ class RunLayout:
         command = kind.command if kind else "python train_classifier.py / python train_metric.py"
         if not self.config_json.is_file():
             raise RunFolderError(f"{self.config_json} not found: train this run first ({command})")
-        config = saved_config(json.loads(self.config_json.read_text()))
+        try:
+            saved = json.loads(self.config_json.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        except ValueError as error:  # also JSONDecodeError, UnicodeDecodeError
+            raise RunFolderError(f"{self.config_json} is damaged ({type(error).__name__}: {error}): restore "
+                                 f"it, or train the run again ({command} --restart)") from None
+        config = saved_config(saved)
         if kind is not None and not isinstance(config, kind):
             raise RunFolderError(f"{self.root} holds a {type(config).__name__} run, not a "
                                      f"{kind.__name__} run ({command})")

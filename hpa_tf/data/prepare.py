@@ -35,7 +35,7 @@ from hpa_tf.data.io import read_rgby
 from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
 from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
-from hpa_tf.layout import COLORS, DataLayout, validate_id
+from hpa_tf.layout import COLORS, DataLayout, read_table, validate_id
 from hpa_tf.output import bars_disabled, prog, run_or_exit, setup_logging
 from hpa_tf.parallel import imap
 
@@ -71,10 +71,7 @@ def read_raw_csv(path: Path, columns: list[str], unique: bool = True) -> pd.Data
     Targets."""
     if not path.is_file():
         raise PrepareError(f"missing input file: {path}")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PrepareError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    frame = read_table(path, columns)
     for row, image_id in enumerate(frame["Id"], start=2):  # CSV line numbers (header is line 1)
         try:
             validate_id(image_id)
