@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
-import re
 import sys
 import time
 import zlib
@@ -141,7 +141,8 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[str]], list | None]:
     return ref.key, cached, features
 
 
-_FINGERPRINT = re.compile(r"\d+:[0-9a-f]{8}")
+_FINGERPRINT = r"\d+:[0-9a-f]{8}"  # a manifest value: byte count and CRC-32 of a cache file
+_HASH, _FLOAT = r"[0-9a-f]{16}", r"-?\d+(\.\d+)?(e[-+]\d+)?"  # image_features.csv values
 
 
 def _fingerprint(data: bytes) -> str:
@@ -166,24 +167,45 @@ def source_signature(layout: DataLayout, ref: ImageRef) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
-    """A bookkeeping CSV of an earlier run, or None when absent or not in the expected format."""
+def _read_saved(path: Path, patterns: dict[str, str]) -> pd.DataFrame | None:
+    """A bookkeeping CSV of an earlier run with the columns and value patterns of `patterns`, or None when
+    absent; a damaged one is None too, with one log line naming it, so that the work it recorded is
+    checked or redone."""
     if not path.is_file():
         return None
-    frame = pd.read_csv(path, dtype=str)
-    return frame if list(frame.columns) == columns else None
+    frame, problem = _parse_saved(path.read_bytes(), patterns)
+    if problem:
+        log.warning(f"{path} is damaged ({problem}): not used, the work it recorded is checked or redone")
+    return frame
+
+
+def _parse_saved(data: bytes, patterns: dict[str, str]) -> tuple[pd.DataFrame | None, str | None]:
+    """(table, None) of a bookkeeping CSV's bytes, or (None, what is wrong): empty, not a table, cut short,
+    other columns or a malformed value."""
+    if not data:
+        return None, "empty"
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        return None, f"not a table: {type(error).__name__}"
+    if not data.endswith(b"\n"):
+        return None, "cut short"
+    if list(frame.columns) != list(patterns):
+        return None, f"other columns than {', '.join(patterns)}"
+    for column, pattern in patterns.items():
+        bad = ~frame[column].str.fullmatch(pattern)
+        if bad.any():
+            return None, f"a malformed {column} on line {int(bad.to_numpy().argmax()) + 2}"
+    return frame, None
 
 
 def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[str]]:
-    """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it has
-    an older format), so that every cache is checked by decoding it."""
-    frame = _read_saved(layout.cache_manifest(size), ["key", *COLORS])
+    """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it is
+    damaged), so that every cache is checked by decoding it."""
+    frame = _read_saved(layout.cache_manifest(size), {"key": ".+", **dict.fromkeys(COLORS, _FINGERPRINT)})
     if frame is None:
         return {}
-    rows = frame[list(COLORS)].to_numpy().tolist()
-    if not all(isinstance(v, str) and _FINGERPRINT.fullmatch(v) for row in rows for v in row):
-        return {}
-    return dict(zip(frame["key"], rows, strict=True))
+    return dict(zip(frame["key"], frame[list(COLORS)].to_numpy().tolist(), strict=True))
 
 
 def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: list[str],
@@ -222,7 +244,8 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
     feature_path = layout.meta_dir / "image_features.csv"
     features: dict[str, list] = {}
     sources: dict[str, str] = {}
-    saved = _read_saved(feature_path, ["key", "source", *_FEATURES])
+    saved = _read_saved(feature_path, {"key": ".+", "source": _HASH,
+                                       **{f: _HASH if f.startswith("hash") else _FLOAT for f in _FEATURES}})
     if saved is not None:
         saved[_FEATURES[3:]] = saved[_FEATURES[3:]].astype(float)
         features = dict(zip(saved["key"], saved[_FEATURES].to_numpy().tolist(), strict=True))
@@ -411,7 +434,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
 
         for size in sizes:
             for group, group_refs in refs.items():
-                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress)
+                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress,
+                                         verify=verify)
                 shards = shard_paths(layout, group, size)
                 megabytes = sum(p.stat().st_size for p in shards) / 2**20
                 log.info(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "

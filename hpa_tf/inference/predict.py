@@ -74,7 +74,7 @@ def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop
             probs = forward(all_views).numpy().reshape(-1, len(seeds), 28)  # images x seeds, seed-minor
             out[:, index.numpy()] = probs.transpose(1, 0, 2)
             done += len(index)
-    except tf.errors.InvalidArgumentError as error:
+    except pipeline.READ_ERRORS as error:
         raise pipeline.unreadable_image(source, frame, error, done) from None
     return out
 

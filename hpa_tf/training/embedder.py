@@ -12,7 +12,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from hpa_tf.config import EmbedderConfig
 from hpa_tf.data import pipeline
@@ -74,7 +73,7 @@ def embed(embedder: keras.Model, session: Session, config: EmbedderConfig, frame
     images = pipeline.metric_dataset(source, frame, batch_size or config.batch_size, training=False)
     try:
         return embedder.predict(images.map(lambda x, y: x), verbose=verbose).astype(np.float32)
-    except tf.errors.InvalidArgumentError as error:
+    except pipeline.READ_ERRORS as error:
         raise pipeline.unreadable_image(source, frame, error) from None
 
 
