@@ -71,7 +71,10 @@ def read_raw_csv(path: Path, columns: list[str], unique: bool = True) -> pd.Data
     Targets."""
     if not path.is_file():
         raise PrepareError(f"missing input file: {path}")
-    frame = read_table(path, columns)
+    try:
+        frame = read_table(path, columns)
+    except DataError as error:  # not a table, or a column missing
+        raise PrepareError(str(error)) from None
     for row, image_id in enumerate(frame["Id"], start=2):  # CSV line numbers (header is line 1)
         try:
             validate_id(image_id)
