@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -176,30 +175,17 @@ def _read_saved(path: Path, patterns: dict[str, str]) -> pd.DataFrame | None:
     checked or redone."""
     if not path.is_file():
         return None
-    frame, problem = _parse_saved(path.read_bytes(), patterns)
-    if problem:
-        log.warning(f"{path} is damaged ({problem}): not used, the work it recorded is checked or redone")
-    return frame
-
-
-def _parse_saved(data: bytes, patterns: dict[str, str]) -> tuple[pd.DataFrame | None, str | None]:
-    """(table, None) of a bookkeeping CSV's bytes, or (None, what is wrong): empty, not a table, cut short,
-    other columns or a malformed value."""
-    if not data:
-        return None, "empty"
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        return None, f"not a table: {type(error).__name__}"
-    if not data.endswith(b"\n"):
-        return None, "cut short"
-    if list(frame.columns) != list(patterns):
-        return None, f"other columns than {', '.join(patterns)}"
-    for column, pattern in patterns.items():
-        bad = ~frame[column].str.fullmatch(pattern)
-        if bad.any():
-            return None, f"a malformed {column} on line {int(bad.to_numpy().argmax()) + 2}"
-    return frame, None
+        frame = read_table(path, list(patterns), written=True)
+        for column, pattern in patterns.items():
+            bad = ~frame[column].str.fullmatch(pattern)
+            if bad.any():
+                raise DataError(f"{path} is damaged (a malformed {column} on line "
+                                f"{int(bad.to_numpy().argmax()) + 2})")
+    except DataError as error:
+        log.warning(f"{error}: not used, the work it recorded is checked or redone")
+        return None
+    return frame
 
 
 def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[str]]:

@@ -88,9 +88,8 @@ def _index_path(layout: DataLayout, group: str, size: int) -> Path:
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     """index.csv or shards.csv of a group, or DataError naming it when it is damaged."""
     remedy = ": run `python -m hpa_tf.data.prepare --tfrecords` to write it again"
-    if not path.read_bytes().endswith(b"\n"):  # as write_csv_atomic ends every table
-        raise DataError(f"{path} is damaged (cut short){remedy}")
-    frame = read_table(path, columns, dtype={"Id": str, "shard": str, "crc32": str}, remedy=remedy)
+    frame = read_table(path, columns, dtype={"Id": str, "shard": str, "crc32": str}, remedy=remedy,
+                       written=True)
     if list(frame.columns) != columns:
         raise DataError(f"{path} is damaged (columns {list(frame.columns)}, not {columns}){remedy}")
     return frame
