@@ -13,10 +13,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import tensorflow as tf
 
 from hpa_tf.cli import infer
-from hpa_tf.data import prepare
+from hpa_tf.data import pipeline, prepare
+from hpa_tf.data.tfrecords import shard_paths, write_tfrecords
 from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
 from hpa_tf.errors import DataError, InferenceError
 from hpa_tf.inference.neighbours import INDEX_INFO, NeighbourIndex, cached_index, index_problem
@@ -164,8 +167,6 @@ def test_damaged_tfrecords_are_refused_by_readers_and_written_again(prepared, tm
     """index.csv, shards.csv or a shard cut short, emptied, garbled or deleted: shard_paths (what training
     and inference read through) refuses the group naming the command; a rerun writes it again (a shard
     garbled in place at its size: with verify), naming what was wrong."""
-    from hpa_tf.data.tfrecords import shard_paths, write_tfrecords
-
     root = tmp_path / "tiny"
     shutil.copytree(prepared[0], root)
     layout = DataLayout(root)
@@ -195,6 +196,12 @@ def test_damaged_tfrecords_are_refused_by_readers_and_written_again(prepared, tm
     (folder / shard).write_bytes(bytes(garbled))
     write_tfrecords(layout, "test", ids, 64, shard_bytes=100_000, progress=False)
     assert (folder / shard).read_bytes() == bytes(garbled)
+    with pytest.raises(tf.errors.DataLossError) as lost:  # what training and inference then meet
+        list(tf.data.TFRecordDataset(str(folder / shard)))
+    refused = str(pipeline.unreadable_image(pipeline.Source(layout, 64, "test", True), pd.DataFrame(),
+                                            lost.value))
+    assert refused.startswith(f"a TFRecord shard in {root / 'tfrecords'} is damaged (corrupted record at")
+    assert refused.endswith("--tfrecords --verify` to write it again")
     hpa_logs.clear()
     write_tfrecords(layout, "test", ids, 64, shard_bytes=100_000, progress=False, verify=True)
     assert _warnings(hpa_logs) == [f"writing the TFRecords in {folder} again: {shard} is not the file that "
