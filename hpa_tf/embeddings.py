@@ -40,14 +40,13 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # truncated or not an .npz
         if isinstance(error, EmbeddingFileError):
             raise
-        raise EmbeddingFileError(f"{path} is damaged ({type(error).__name__}: {error}): extract it again "
-                                 "(python train_metric.py --extract)") from error
+        raise EmbeddingFileError(f"{path} is damaged ({type(error).__name__}: {error})") from error
     if feats.ndim != 2 or len(feats) != len(ids):
         raise EmbeddingFileError(f"{path}: feats {feats.shape} do not match {len(ids)} ids")
     bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
     if bad.size:  # one such row turns every standardised column into NaN and silently disables matching
         raise EmbeddingFileError(f"{path}: row {bad[0]} (id {ids[bad[0]]}) and {bad.size - 1} more have "
-                                 "non-finite values (NaN or inf); extract the embeddings again")
+                                 "non-finite values (NaN or inf)")
     return feats, ids
 
 

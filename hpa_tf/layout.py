@@ -4,7 +4,9 @@ files; validation of image Ids. No other module spells one of these file names."
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +124,31 @@ class DataLayout:
         return _read_prepared(self.split_dir / name, self, dtype={"Id": str, "Target": str})
 
 
+def read_table(path: Path, columns: Sequence[str] = (), dtype=str, remedy: str = "", written: bool = False
+               ) -> pd.DataFrame:
+    """A CSV file (empty cells kept as ""), or DataError naming it when it is not a table (empty, garbled,
+    not text), lacks one of `columns` or, `written` by this package (atomic.write_csv_atomic ends every
+    table with a newline), is cut short; `remedy` says how to write it again."""
+    try:
+        frame = pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path} is damaged ({type(error).__name__}: {str(error).strip()}){remedy}") from None
+    if written:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)  # not empty: it parsed
+            if handle.read(1) != b"\n":
+                raise DataError(f"{path} is damaged (cut short: no newline at its end){remedy}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}{remedy}")
+    return frame
+
+
 def _read_prepared(path: Path, layout: DataLayout, dtype) -> pd.DataFrame:
     if not path.is_file():
         raise TrainingSetupError(f"missing {path}: run {layout.prepare_hint()} first")
-    return pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    return read_table(path, dtype=dtype, remedy=f": run {layout.prepare_hint()} to write it again",
+                      written=True)
 
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -229,7 +252,14 @@ class RunLayout:
         command = kind.command if kind else "python train_classifier.py / python train_metric.py"
         if not self.config_json.is_file():
             raise RunFolderError(f"{self.config_json} not found: train this run first ({command})")
-        config = saved_config(json.loads(self.config_json.read_text()))
+        try:
+            saved = json.loads(self.config_json.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        except ValueError as error:  # also JSONDecodeError, UnicodeDecodeError
+            raise RunFolderError(f"{self.config_json} is damaged ({type(error).__name__}: {error}): restore "
+                                 f"it, or train the run again ({command} --restart)") from None
+        config = saved_config(saved)
         if kind is not None and not isinstance(config, kind):
             raise RunFolderError(f"{self.root} holds a {type(config).__name__} run, not a "
                                      f"{kind.__name__} run ({command})")

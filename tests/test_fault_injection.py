@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from atomic_files import temporaries
 
 from hpa_tf.cli import infer
@@ -71,17 +72,53 @@ def test_prepare_killed_after_its_image_stage_reruns_to_the_same_files(tiny_data
     assert not temporaries(root)
 
 
-def test_infer_killed_between_its_folds_reruns_to_the_same_submission(trained_runs, tmp_path):
+@pytest.fixture(scope="module")
+def reference_submission(trained_runs, tmp_path_factory) -> Path:
+    """The output folder of one uninterrupted `infer.py --submission` on the session's trained runs."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert infer.main(["--submission", "--runs", str(trained_runs[1]), "--output",
+                       str(folder / "submission.csv")]) == 0
+    return folder
+
+
+def _same_outputs(folder: Path, reference: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for path in reference.iterdir():
+        assert (folder / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_infer_killed_between_its_folds_reruns_to_the_same_submission(trained_runs, reference_submission,
+                                                                     tmp_path):
     """Killed as it logs fold 0's TTA, before fold 1's: no output yet, as all are written at the end."""
     _, out = trained_runs
-    args = ["--submission", "--runs", str(out)]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert infer.main([*args, "--output", str(reference / "submission.csv")]) == 0
-    killed.mkdir()
-    _run_killed("log", "fold0: TTA probabilities",
-                ["infer.py", *args, "--output", str(killed / "submission.csv")])
-    assert not list(killed.iterdir())
-    assert infer.main([*args, "--output", str(killed / "submission.csv")]) == 0
+    args = ["--submission", "--runs", str(out), "--output", str(tmp_path / "submission.csv")]
+    _run_killed("log", "fold0: TTA probabilities", ["infer.py", *args])
+    assert not list(tmp_path.iterdir())
+    assert infer.main(args) == 0
     for name in SUBMISSION_FILES:
-        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
-    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in reference.iterdir())
+        assert (reference_submission / name).is_file(), name
+    _same_outputs(tmp_path, reference_submission)
+
+
+def test_infer_rebuilds_a_cut_index_and_garbled_embeddings_to_the_same_submission(
+        trained_runs, reference_submission, tmp_path, capsys):
+    """Issue 24's case, index_ext/references.npy cut to half, with embeddings_test.npz garbled too: one line
+    names each and what was wrong, both are derived again, and every output equals the intact run's."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_runs[1], runs)
+    metric = runs / "metric_demo"
+    references = metric / "index_ext" / "references.npy"
+    size = references.stat().st_size
+    references.write_bytes(references.read_bytes()[:size // 2])
+    embeddings = metric / "embeddings_test.npz"
+    embeddings.write_bytes(bytes(range(256)) * 64)
+    capsys.readouterr()
+    output = tmp_path / "out" / "submission.csv"
+    assert infer.main(["--submission", "--runs", str(runs), "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("rebuilt in") == 1 and (
+        f"neighbour index of 120 references rebuilt in {metric / 'index_ext'}: references.npy has "
+        f"{size // 2} bytes, {size} when it was written") in err
+    assert f"{embeddings} is damaged (" in err
+    assert f"extracting it again from {metric / 'best.weights.h5'}" in err
+    _same_outputs(output.parent, reference_submission)

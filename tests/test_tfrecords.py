@@ -133,7 +133,7 @@ def test_same_inputs_give_identical_bytes(root, tmp_path):
         assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
     default = tfrecord_dir(DataLayout(root), "train", SIZE)  # same records as the one-shard file
     one_shard = write_tfrecords(_copy(root, tmp_path / "c"), "train", ids, SIZE, progress=False)
-    for name in ["index.csv", "shard-00000-of-00001.tfrecord"]:
+    for name in ["index.csv", "shards.csv", "shard-00000-of-00001.tfrecord"]:
         assert (one_shard / name).read_bytes() == (default / name).read_bytes()
 
 
@@ -145,7 +145,8 @@ def test_changed_ids_rewrite_the_group_without_stale_shards(root, tmp_path):
     _check_index(layout, "external", ids[::-1])  # same Ids in another order are rewritten
     changed = ids[:50]  # fewer Ids: one shard instead of many
     write_tfrecords(layout, "external", changed, SIZE, progress=False)
-    assert sorted(p.name for p in folder.iterdir()) == ["index.csv", "shard-00000-of-00001.tfrecord"]
+    assert sorted(p.name for p in folder.iterdir()) == ["index.csv", "shard-00000-of-00001.tfrecord",
+                                                        "shards.csv"]
     _check_index(layout, "external", changed)
     refs = [prepare.ImageRef("external", "train", i) for i in ids]  # ImageRefs work too
     write_tfrecords(layout, "external", refs, SIZE, progress=False)

@@ -9,6 +9,7 @@ in [0, 1], channels R, G, B, Y.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,13 +87,23 @@ def _decode_gray(path: tf.Tensor) -> tf.Tensor:
                    lambda: tf.io.decode_png(data, channels=1))
 
 
+# What reading a frame's images raises when a file is damaged (unreadable_image names it).
+READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+
+
 def unreadable_image(source: Source, frame: pd.DataFrame, error: tf.errors.OpError, start: int = 0
                      ) -> DataError:
     """The project error for a TF read failure of a frame's images: the first cache file from row `start`
-    on that does not decode as an 8-bit grayscale image (TF's own message names no file), or the wrong-size
-    file read_image's assertion names; `error` itself when neither explains it (then it is a bug)."""
+    on that does not decode as an 8-bit grayscale image (TF's own message names no file), the wrong-size
+    file read_image's assertion names, or a TFRecord shard whose record checksums fail; `error` itself when
+    none explains it (then it is a bug)."""
     if "cache image is not" in error.message:
         return DataError(error.message.split("\n")[0])
+    if isinstance(error, tf.errors.DataLossError) and source.tfrecords:
+        detail = re.search(r"corrupted record at \d+", error.message)
+        return DataError(f"a TFRecord shard in {source.layout.root / 'tfrecords'} is damaged "
+                         f"({detail[0] if detail else 'DataLossError'}): run `python -m hpa_tf.data.prepare "
+                         f"--data-dir {source.layout.root} --tfrecords --verify` to write it again")
     if not source.tfrecords:
         for row in cache_files(source, frame.iloc[start:]):
             for path in row:

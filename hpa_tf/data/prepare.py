@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 import zlib
@@ -35,7 +34,7 @@ from hpa_tf.data.io import read_rgby
 from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
 from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
-from hpa_tf.layout import COLORS, DataLayout, validate_id
+from hpa_tf.layout import COLORS, DataLayout, read_table, validate_id
 from hpa_tf.output import bars_disabled, prog, run_or_exit, setup_logging
 from hpa_tf.parallel import imap
 
@@ -71,10 +70,10 @@ def read_raw_csv(path: Path, columns: list[str], unique: bool = True) -> pd.Data
     Targets."""
     if not path.is_file():
         raise PrepareError(f"missing input file: {path}")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PrepareError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    try:
+        frame = read_table(path, columns)
+    except DataError as error:  # not a table, or a column missing
+        raise PrepareError(str(error)) from None
     for row, image_id in enumerate(frame["Id"], start=2):  # CSV line numbers (header is line 1)
         try:
             validate_id(image_id)
@@ -144,7 +143,8 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[str]], list | None]:
     return ref.key, cached, features
 
 
-_FINGERPRINT = re.compile(r"\d+:[0-9a-f]{8}")
+_FINGERPRINT = r"\d+:[0-9a-f]{8}"  # a manifest value: byte count and CRC-32 of a cache file
+_HASH, _FLOAT = r"[0-9a-f]{16}", r"-?\d+(\.\d+)?(e[-+]\d+)?"  # image_features.csv values
 
 
 def _fingerprint(data: bytes) -> str:
@@ -169,24 +169,32 @@ def source_signature(layout: DataLayout, ref: ImageRef) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _read_saved(path: Path, columns: list[str]) -> pd.DataFrame | None:
-    """A bookkeeping CSV of an earlier run, or None when absent or not in the expected format."""
+def _read_saved(path: Path, patterns: dict[str, str]) -> pd.DataFrame | None:
+    """A bookkeeping CSV of an earlier run with the columns and value patterns of `patterns`, or None when
+    absent; a damaged one is None too, with one log line naming it, so that the work it recorded is
+    checked or redone."""
     if not path.is_file():
         return None
-    frame = pd.read_csv(path, dtype=str)
-    return frame if list(frame.columns) == columns else None
+    try:
+        frame = read_table(path, list(patterns), written=True)
+        for column, pattern in patterns.items():
+            bad = ~frame[column].str.fullmatch(pattern)
+            if bad.any():
+                raise DataError(f"{path} is damaged (a malformed {column} on line "
+                                f"{int(bad.to_numpy().argmax()) + 2})")
+    except DataError as error:
+        log.warning(f"{error}: not used, the work it recorded is checked or redone")
+        return None
+    return frame
 
 
 def _load_manifest(layout: DataLayout, size: int) -> dict[str, list[str]]:
-    """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it has
-    an older format), so that every cache is checked by decoding it."""
-    frame = _read_saved(layout.cache_manifest(size), ["key", *COLORS])
+    """{image key: fingerprints of its 4 cache files} of an earlier run; {} when there is none (or it is
+    damaged), so that every cache is checked by decoding it."""
+    frame = _read_saved(layout.cache_manifest(size), {"key": ".+", **dict.fromkeys(COLORS, _FINGERPRINT)})
     if frame is None:
         return {}
-    rows = frame[list(COLORS)].to_numpy().tolist()
-    if not all(isinstance(v, str) and _FINGERPRINT.fullmatch(v) for row in rows for v in row):
-        return {}
-    return dict(zip(frame["key"], rows, strict=True))
+    return dict(zip(frame["key"], frame[list(COLORS)].to_numpy().tolist(), strict=True))
 
 
 def _cache_is_recorded(layout: DataLayout, ref: ImageRef, size: int, recorded: list[str],
@@ -225,7 +233,8 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
     feature_path = layout.meta_dir / "image_features.csv"
     features: dict[str, list] = {}
     sources: dict[str, str] = {}
-    saved = _read_saved(feature_path, ["key", "source", *_FEATURES])
+    saved = _read_saved(feature_path, {"key": ".+", "source": _HASH,
+                                       **{f: _HASH if f.startswith("hash") else _FLOAT for f in _FEATURES}})
     if saved is not None:
         saved[_FEATURES[3:]] = saved[_FEATURES[3:]].astype(float)
         features = dict(zip(saved["key"], saved[_FEATURES].to_numpy().tolist(), strict=True))
@@ -414,7 +423,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
 
         for size in sizes:
             for group, group_refs in refs.items():
-                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress)
+                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress,
+                                         verify=verify)
                 shards = shard_paths(layout, group, size)
                 megabytes = sum(p.stat().st_size for p in shards) / 2**20
                 log.info(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "

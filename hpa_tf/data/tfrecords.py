@@ -1,12 +1,16 @@
 """TFRecord shards of the resize caches, for clusters and remote storage (`prepare --tfrecords`).
 
 Each record is a tf.train.Example: "id" (bytes, utf-8 Id), "image" (bytes: raw uint8 RGBY pixels of
-size x size x 4 in C order) and "size" (int64, the side). A group's folder holds the shards and index.csv
-(Id, shard file name, position in the shard), written last as the completion marker.
+size x size x 4 in C order) and "size" (int64, the side). A group's folder holds the shards, shards.csv
+(each shard's byte count and CRC-32) and index.csv (Id, shard file name, position in the shard), written
+last as the completion marker. A shard whose size differs from shards.csv is damaged: readers refuse it and
+prepare writes the group again (with --verify also on a CRC-32 that differs).
 """
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from functools import partial
@@ -20,12 +24,15 @@ from tqdm import tqdm
 from hpa_tf.atomic import write_atomic, write_csv_atomic
 from hpa_tf.data.resize import read_cached_rgby
 from hpa_tf.errors import DataError
-from hpa_tf.layout import DataLayout, validate_id
+from hpa_tf.layout import DataLayout, read_table, validate_id
 from hpa_tf.output import bars_disabled
 from hpa_tf.parallel import imap
 
+log = logging.getLogger(__name__)
 GROUPS = {"train": ("kaggle", "train"), "test": ("kaggle", "test"), "external": ("external", "train")}
 INDEX_COLUMNS = ["Id", "shard", "position"]
+SHARDS = "shards.csv"
+SHARD_COLUMNS = ["shard", "bytes", "crc32"]
 SHARD_GLOB = "shard-?????-of-?????.tfrecord"
 FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.string),
@@ -78,18 +85,61 @@ def _index_path(layout: DataLayout, group: str, size: int) -> Path:
     return index
 
 
-def read_index(layout: DataLayout, group: str, size: int) -> pd.DataFrame:
-    """index.csv of a group: Id, shard (file name in the folder), position (record number in the shard)."""
-    index = _index_path(layout, group, size)
-    frame = pd.read_csv(index, dtype={"Id": str, "shard": str}, keep_default_na=False)
-    if list(frame.columns) != INDEX_COLUMNS:
-        raise ValueError(f"{index}: expected columns {INDEX_COLUMNS}, found {list(frame.columns)}")
+def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    """index.csv or shards.csv of a group, or DataError naming it when it is damaged."""
+    remedy = ": run `python -m hpa_tf.data.prepare --tfrecords` to write it again"
+    frame = read_table(path, columns, dtype={"Id": str, "shard": str, "crc32": str}, remedy=remedy,
+                       written=True)
+    if list(frame.columns) != columns:
+        raise DataError(f"{path} is damaged (columns {list(frame.columns)}, not {columns}){remedy}")
     return frame
 
 
+def read_index(layout: DataLayout, group: str, size: int) -> pd.DataFrame:
+    """index.csv of a group: Id, shard (file name in the folder), position (record number in the shard)."""
+    return _read_csv(_index_path(layout, group, size), INDEX_COLUMNS)
+
+
 def shard_paths(layout: DataLayout, group: str, size: int) -> list[Path]:
-    """The shard files of a finished group, sorted."""
-    return sorted(_index_path(layout, group, size).parent.glob(SHARD_GLOB))
+    """The shard files of a finished group, sorted; DataError naming a shard that is missing or of another
+    size than shards.csv recorded, and the command that writes the group again."""
+    index = read_index(layout, group, size)
+    folder = tfrecord_dir(layout, group, size)
+    problem = _damage(folder, index, verify=False)
+    if problem:
+        raise DataError(f"the TFRecords in {folder} are damaged ({problem}): run `python -m "
+                        f"hpa_tf.data.prepare --data-dir {layout.root} --tfrecords` to write them again")
+    return sorted(folder / name for name in index["shard"].unique())
+
+
+def _damage(folder: Path, index: pd.DataFrame, verify: bool) -> str | None:
+    """What is wrong with the shards of a group's `index`: shards.csv damaged or not listing them, a shard
+    missing or of another size than it recorded (with `verify`, another CRC-32); None when nothing is."""
+    try:
+        shards = _read_csv(folder / SHARDS, SHARD_COLUMNS)
+    except FileNotFoundError:
+        return f"{SHARDS} is missing"
+    except DataError:
+        return f"{SHARDS} is damaged"
+    if sorted(shards["shard"]) != sorted(index["shard"].unique()):
+        return f"{SHARDS} does not list the shards of index.csv"
+    for name, size, crc in shards.itertuples(index=False):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when it was written"
+        if verify and _crc32(path) != crc:
+            return f"{name} is not the file that was written (its CRC-32 differs)"
+    return None
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -109,15 +159,16 @@ def _ids(group: str, refs_or_ids: Iterable) -> list[str]:
     return ids
 
 
-def _is_complete(folder: Path, ids: list[str]) -> bool:
-    """True if index.csv lists exactly these Ids in this order and every listed shard exists."""
-    index = folder / "index.csv"
-    if not index.is_file():
-        return False
-    frame = pd.read_csv(index, dtype={"Id": str, "shard": str}, keep_default_na=False)
-    if list(frame.columns) != INDEX_COLUMNS or frame["Id"].tolist() != ids:
-        return False
-    return all((folder / name).is_file() for name in frame["shard"].unique())
+def _rewrite_reason(folder: Path, ids: list[str], verify: bool) -> str | None:
+    """None when `folder` is a finished group of these Ids in this order with its shards as written; else
+    why it is written again: "" when it is absent or of other Ids, otherwise what is damaged."""
+    if not (folder / "index.csv").is_file():  # shards without it: a write was interrupted, or it was lost
+        return "index.csv is missing" if any(folder.glob(SHARD_GLOB)) else ""
+    try:
+        index = _read_csv(folder / "index.csv", INDEX_COLUMNS)
+    except DataError:
+        return "index.csv is damaged"
+    return "" if index["Id"].tolist() != ids else _damage(folder, index, verify)
 
 
 def _read_images(read, ids: list[str], workers: int) -> Iterator[np.ndarray]:
@@ -127,16 +178,22 @@ def _read_images(read, ids: list[str], workers: int) -> Iterator[np.ndarray]:
 
 
 def write_tfrecords(layout: DataLayout, group: str, refs_or_ids: Iterable, size: int,
-                    shard_bytes: int = 256 * 2**20, workers: int = 1, progress: bool = True) -> Path:
+                    shard_bytes: int = 256 * 2**20, workers: int = 1, progress: bool = True,
+                    verify: bool = False) -> Path:
     """Write one group's cached images (in the given order) as shards of ~shard_bytes raw pixel bytes.
 
-    Skips the work when index.csv already lists the same Ids in the same order; returns the folder."""
+    Skips the work when index.csv already lists the same Ids in the same order and every shard has the size
+    (with `verify`, also the CRC-32) shards.csv recorded; a damaged group is written again, with one log
+    line saying what was wrong. Returns the folder."""
     folder = tfrecord_dir(layout, group, size)
     size, ids = int(size), _ids(group, refs_or_ids)
     if size < 1 or shard_bytes < 1:
         raise ValueError(f"size and shard_bytes must be positive, got {size} and {shard_bytes}")
-    if _is_complete(folder, ids):
+    reason = _rewrite_reason(folder, ids, verify)
+    if reason is None:
         return folder
+    if reason:
+        log.warning(f"writing the TFRecords in {folder} again: {reason}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.csv").unlink(missing_ok=True)  # the folder is incomplete from here on
     for stale in [*folder.glob(SHARD_GLOB), *folder.glob(".shard-*.tmp*")]:
@@ -145,7 +202,7 @@ def write_tfrecords(layout: DataLayout, group: str, refs_or_ids: Iterable, size:
     n_shards = max(1, -(-len(ids) // per_shard))
     kind, split = GROUPS[group]
     images = _read_images(partial(read_cached_rgby, layout, kind, split, size=size), ids, workers)
-    rows = []
+    rows, shards = [], []
     with tqdm(total=len(ids), desc=f"TFRecords {group} {size}", unit="img",
               disable=bars_disabled(progress)) as bar, closing(images):
         for i in range(n_shards):
@@ -158,6 +215,8 @@ def write_tfrecords(layout: DataLayout, group: str, refs_or_ids: Iterable, size:
                         bar.update()
 
             write_atomic(folder / name, write)
+            shards.append([name, (folder / name).stat().st_size, _crc32(folder / name)])
             rows += [[image_id, name, position] for position, image_id in enumerate(chunk)]
+    write_csv_atomic(pd.DataFrame(shards, columns=SHARD_COLUMNS), folder / SHARDS)
     write_csv_atomic(pd.DataFrame(rows, columns=INDEX_COLUMNS), folder / "index.csv")
     return folder

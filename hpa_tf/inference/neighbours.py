@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,13 @@ from hpa_tf.embeddings import exact_neighbours, matching_space
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import format_target, parse_target
 
+log = logging.getLogger(__name__)
 # Reference sets smaller than this are searched exactly: brute force is fast there, and the tree's default
 # 1/10 of sqrt(n) leaves finds only 86% of the exact top-1 on the 2,000-image demo set.
 EXACT_BELOW = 20_000
 INDEX_INFO = "hpa_tf_index.json"
 SCANN_ASSETS = "scann_assets.pbtxt"  # ScaNN's list of its files
-INDEX_VERSION = 3  # bumped when the index's build settings change, so saved indexes are rebuilt
+INDEX_VERSION = 4  # bumped when the index's build settings or files change, so saved indexes are rebuilt
 
 
 @dataclass
@@ -67,8 +69,9 @@ class NeighbourIndex:
 
     def save(self, folder: str | Path, fingerprint: str | None = None) -> Path:
         """Write the index (ScaNN's own files, or the reference rows for exact search) to a folder, built
-        beside it and swapped in whole (atomic.write_folder_atomic); `fingerprint` names what it was
-        built from. ScaNN's asset list records absolute paths: they are pointed at the final folder."""
+        beside it and swapped in whole (atomic.write_folder_atomic); its info records `fingerprint` (what it
+        was built from) and each file's size and sha256. ScaNN's asset list records absolute paths: they
+        are pointed at the final folder."""
         final = Path(folder).resolve()
 
         def write(temporary: Path) -> None:
@@ -78,8 +81,9 @@ class NeighbourIndex:
                 self.searcher.serialize(str(temporary))
                 assets = temporary / SCANN_ASSETS
                 assets.write_text(assets.read_text().replace(f'"{temporary}/', f'"{final}/'))
+            files = {p.name: [p.stat().st_size, _sha256(p)] for p in sorted(temporary.iterdir())}
             write_json_atomic({"scann": self.searcher is not None, "rows": len(self.references),
-                               "fingerprint": fingerprint}, temporary / INDEX_INFO)
+                               "fingerprint": fingerprint, "files": files}, temporary / INDEX_INFO)
 
         return write_folder_atomic(folder, write)
 
@@ -99,6 +103,43 @@ class NeighbourIndex:
         return cls(references, scann.scann_ops_pybind.load_searcher(str(folder)))
 
 
+def _sha256(path: Path, prefix: bytes = b"") -> str:
+    digest = hashlib.sha256(prefix)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def index_problem(folder: str | Path, fingerprint: str, rows: int) -> str | None:
+    """Why the index saved in `folder` is not one of `rows` references built from `fingerprint` with every
+    file as written (missing, cut short, garbled, another version's), or None when it is."""
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / INDEX_INFO).read_text())
+    except FileNotFoundError:
+        return f"{INDEX_INFO} is missing"
+    except (OSError, ValueError) as error:  # JSONDecodeError, UnicodeDecodeError
+        return f"{INDEX_INFO} is damaged ({type(error).__name__})"
+    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint:
+        return "it was built from other embeddings (or by another version)"
+    if info.get("rows") != rows:
+        return f"it holds {info.get('rows')} references, not the {rows} of the embeddings"
+    files = info.get("files")
+    if not (isinstance(files, dict) and "references.npy" in files and isinstance(info.get("scann"), bool)
+            and all(isinstance(v, list) and len(v) == 2 for v in files.values())):
+        return f"{INDEX_INFO} is damaged (no list of the index's files)"
+    for name, (size, digest) in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when it was written"
+        if _sha256(path) != digest:
+            return f"{name} is not the file that was written (its sha256 differs)"
+    return None
+
+
 def match(query_feats: np.ndarray, reference_feats: np.ndarray, k: int = 1, exact: bool = False,
           index: NeighbourIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k references of every query as the reference matched them: each set standardised on its own,
@@ -110,24 +151,27 @@ def match(query_feats: np.ndarray, reference_feats: np.ndarray, k: int = 1, exac
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a file's bytes and of the index defaults: an index built from it stays valid while both
     are unchanged."""
-    digest = hashlib.sha256(f"{EXACT_BELOW}:{INDEX_VERSION}".encode())
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _sha256(Path(path), f"{EXACT_BELOW}:{INDEX_VERSION}".encode())
 
 
 def cached_index(embeddings_path: str | Path, reference_feats: np.ndarray, folder: str | Path
-                 ) -> tuple[NeighbourIndex, bool]:
-    """(index over `reference_feats` in matching space, whether it was reused): the one saved in `folder`
-    while it was built from the same embeddings file, else a new one, saved there."""
+                 ) -> NeighbourIndex:
+    """The index over `reference_feats` in matching space: the one saved in `folder` while it was built
+    from the same embeddings file and its files are intact, else a new one, saved there; one log line says
+    which, and why an existing one was rebuilt."""
     folder, fingerprint = Path(folder), file_fingerprint(embeddings_path)
-    info = folder / INDEX_INFO
-    if info.is_file() and json.loads(info.read_text()).get("fingerprint") == fingerprint:
-        return NeighbourIndex.load(folder), True
+    what = f"neighbour index of {len(reference_feats)} references"
+    problem = index_problem(folder, fingerprint, len(reference_feats)) if folder.exists() else None
+    if folder.exists() and problem is None:
+        log.info(f"{what} reused from {folder}")
+        return NeighbourIndex.load(folder)
     index = NeighbourIndex.build(matching_space(reference_feats))
     index.save(folder, fingerprint)
-    return index, False
+    if problem is None:
+        log.info(f"{what} saved to {folder}")
+    else:
+        log.warning(f"{what} rebuilt in {folder}: {problem}")
+    return index
 
 
 def replace_labels(predicted: list[str], best_reference: np.ndarray, best_cosine: np.ndarray,

@@ -74,7 +74,7 @@ def seed_probabilities(model, source: pipeline.Source, frame: pd.DataFrame, crop
                 seed_views = tf.gather(all_views, chosen[s * per_seed:(s + 1) * per_seed], axis=1)
                 out[s, index.numpy()] = forward(seed_views).numpy()
             done += len(index)
-    except tf.errors.InvalidArgumentError as error:
+    except pipeline.READ_ERRORS as error:
         raise pipeline.unreadable_image(source, frame, error, done) from None
     except tf.errors.ResourceExhaustedError:
         raise InferenceError(f"out of memory predicting {batch_size} image(s) x {per_seed} views of "

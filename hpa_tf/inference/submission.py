@@ -28,7 +28,7 @@ from hpa_tf.inference.predict import (
 )
 from hpa_tf.inference.runs import TrainedRuns, resolve
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
-from hpa_tf.layout import DataLayout, RunLayout, SubmissionFiles
+from hpa_tf.layout import DataLayout, RunLayout, SubmissionFiles, read_table
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.loading import load_classifier
 from hpa_tf.training.embedder import ensure_embeddings
@@ -106,9 +106,7 @@ def neighbour_step(config: InferenceConfig, embedder: RunLayout, embeddings: dic
     """Spec 10.5: label sets replaced from the nearest HPAv18 image where its cosine is above `threshold`;
     returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
     test_feats, ext_feats = embeddings["test"], embeddings["ext"]
-    index, reused = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
-    log.info(f"neighbour index of {len(ext_feats)} HPAv18 images {'reused from' if reused else 'saved to'} "
-             f"{embedder.index}")
+    index = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
     indices, cosines = match(test_feats, ext_feats, k=config.neighbour_k, index=index)
     references = embeddings["ext_meta"]
     after, replaced = replace_labels(before, indices[:, 0], cosines[:, 0], references["Target"].tolist(),
@@ -120,10 +118,17 @@ def neighbour_step(config: InferenceConfig, embedder: RunLayout, embeddings: dic
 
 def serving_record(output: str | Path) -> dict:
     """The serving record of the last --submission to `output`, else 0.5 thresholds, max, all 8 views
-    (logged as a warning)."""
+    (logged as a warning); InferenceError when it is damaged."""
     path = SubmissionFiles(output).serving
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not {"thresholds", "combine", "views"} <= record.keys():
+                raise ValueError("not a serving record")
+            return record
+        except ValueError as error:  # also JSONDecodeError, UnicodeDecodeError
+            raise InferenceError(f"{path} is damaged ({type(error).__name__}: {error}): run `python infer.py "
+                                 f"--submission --output {output}` to write it again") from None
     log.warning(f"note: no {path} (python infer.py --submission): labels at 0.5, 8-view max")
     return {"thresholds": [0.5] * 28, "combine": "max", "views": None, "fitted": False}
 
@@ -134,7 +139,7 @@ def make_submission(config: InferenceConfig, runs: TrainedRuns) -> dict:
     [(name, targets)], macro-F1 per step where the truth is known (the synthetic test_truth.csv), the
     thresholds, the match threshold and the evidence table (None without a metric run)."""
     layout, embedder = runs.data, runs.embedder
-    test = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)[["Id"]]
+    test = read_table(layout.sample_submission_csv, ["Id"])[["Id"]]
     ids = test["Id"].tolist()
     embeddings = threshold = None  # before the long part: fails early, or extracts what is missing
     if embedder is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 
 from hpa_tf.config import ClassifierConfig, EmbedderConfig, RunConfig
-from hpa_tf.errors import ModelError
+from hpa_tf.errors import DataError, ModelError
 from hpa_tf.layout import DataLayout, RunLayout, run_dataset
 from hpa_tf.models.classifier import build_classifier, load_stats
 from hpa_tf.models.embedder import build_arcface_network, number_of_classes
@@ -27,8 +27,15 @@ def load_checkpoint(model: keras.Model, checkpoint: Path, retrain: str) -> keras
 
 
 def dataset_stats(layout: DataLayout) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The dataset's RGBY (mean, std) of stats.json, else the reference's constants."""
-    return load_stats(layout.stats_json if layout.stats_json.is_file() else None)
+    """The dataset's RGBY (mean, std) of stats.json, else the reference's constants; DataError naming the
+    prepare command when stats.json is damaged."""
+    if not layout.stats_json.is_file():
+        return load_stats(None)
+    try:
+        return load_stats(layout.stats_json)
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError, UnicodeDecodeError, DataError
+        raise DataError(f"{layout.stats_json} is damaged ({type(error).__name__}: {error}): run "
+                        f"{layout.prepare_hint()} to write it again") from None
 
 
 def build_run_model(config: RunConfig, weights: str | None = None, layout: DataLayout | None = None

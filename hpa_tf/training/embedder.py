@@ -12,18 +12,24 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from hpa_tf.config import EmbedderConfig
 from hpa_tf.data import pipeline
-from hpa_tf.embeddings import nearest_neighbour_accuracy, save_embeddings
-from hpa_tf.errors import TrainingSetupError
-from hpa_tf.layout import RunLayout, run_dataset
+from hpa_tf.embeddings import load_embeddings, nearest_neighbour_accuracy, save_embeddings
+from hpa_tf.errors import EmbeddingFileError, TrainingSetupError
+from hpa_tf.layout import DataLayout, RunLayout, read_table, run_dataset
 from hpa_tf.losses import arcface_loss
 from hpa_tf.models.embedder import number_of_classes
 from hpa_tf.models.loading import build_run_model, load_embedder
 from hpa_tf.output import keras_verbose
-from hpa_tf.training.loop import Session, adam, begin_run, fit_run, start_session, training_dataset
+from hpa_tf.training.loop import (
+    Session,
+    adam,
+    begin_run,
+    fit_run,
+    start_session,
+    training_dataset,
+)
 from hpa_tf.training.split_metrics import RankHits
 from hpa_tf.training.trainer import GlobalBatchTrainer
 
@@ -44,16 +50,15 @@ def run_folder(config: EmbedderConfig) -> RunLayout:
     return RunLayout(Path(config.out_dir) / config.run_name)
 
 
-def _frame(session: Session, name: str | None) -> pd.DataFrame:
+def _frame(layout: DataLayout, name: str | None) -> pd.DataFrame:
     """A split file, or the Kaggle images of sample_submission (None) / train_meta.csv with no antibody
     (code -1)."""
-    layout = session.layout
     if name is not None and name != "train_meta.csv":
         return layout.read_split(name)
     if name is None:
         if not layout.sample_submission_csv.is_file():
             raise TrainingSetupError(f"missing {layout.sample_submission_csv}")
-        frame = pd.read_csv(layout.sample_submission_csv, dtype=str, keep_default_na=False)
+        frame = read_table(layout.sample_submission_csv, ["Id"])
     else:
         frame = layout.read_meta(name)
     return frame[["Id"]].assign(External="False", antibody_code=-1)
@@ -67,7 +72,7 @@ def embed(embedder: keras.Model, session: Session, config: EmbedderConfig, frame
     images = pipeline.metric_dataset(source, frame, batch_size or config.batch_size, training=False)
     try:
         return embedder.predict(images.map(lambda x, y: x), verbose=verbose).astype(np.float32)
-    except tf.errors.InvalidArgumentError as error:
+    except pipeline.READ_ERRORS as error:
         raise pipeline.unreadable_image(source, frame, error) from None
 
 
@@ -146,7 +151,7 @@ def extract(folder: str | Path | RunLayout, sets: list[str], weights: str = RunL
     written = []
     for name in sets:
         split_file, kaggle_split = EXTRACT_SETS[name]
-        frame = _frame(session, split_file)
+        frame = _frame(session.layout, split_file)
         feats = embed(embedder, session, config, frame, kaggle_split, verbose=keras_verbose("auto", progress))
         written.append(save_embeddings(run.embeddings(name), feats, frame["Id"]))
         log.info(f"{name}: {len(frame)} embeddings of dimension {feats.shape[1]} -> {written[-1]}")
@@ -155,21 +160,44 @@ def extract(folder: str | Path | RunLayout, sets: list[str], weights: str = RunL
 
 def ensure_embeddings(metric_run: str | Path, sets: list[str], weights: str = RunLayout.BEST_WEIGHTS,
                       progress: bool = True, data_dir: str | Path | None = None) -> list[Path]:
-    """The metric run's `embeddings_<set>.npz` files, extracted first (from the images of `data_dir`, else
-    the run's dataset) where one is missing or older than the checkpoint `weights` (so inference needs no
-    separate --extract step)."""
+    """The metric run's `embeddings_<set>.npz` files, extracted first from the checkpoint `weights` (images
+    of `data_dir`, else of the run's dataset) where one is missing, older than it, damaged or of other
+    images than its set's (so inference needs no separate --extract step); one log line says which and
+    why."""
     run = RunLayout(metric_run)
     checkpoint = run.weights(weights)
     paths = [run.embeddings(name) for name in sets]
-    missing = [path for path in paths if not path.is_file()]
     if not checkpoint.is_file():
+        missing = [path for path in paths if not path.is_file()]
         if missing:
             raise TrainingSetupError(f"{missing[0]} not found, nor the checkpoint {checkpoint} to extract it "
                                      f"from: train the metric model first ({EmbedderConfig.command})")
         return paths  # embeddings without their checkpoint: used as they are
-    stale = [name for name, path in zip(sets, paths, strict=True)
-             if path in missing or path.stat().st_mtime < checkpoint.stat().st_mtime]
+    layout, stale, damaged = None, [], []
+    for name, path in zip(sets, paths, strict=True):
+        if not path.is_file() or path.stat().st_mtime < checkpoint.stat().st_mtime:
+            stale.append(name)
+            continue
+        layout = layout or (DataLayout(data_dir) if data_dir is not None else
+                            run_dataset(run.read_config(EmbedderConfig)))
+        problem = _problem(path, _frame(layout, EXTRACT_SETS[name][0])["Id"].tolist())
+        if problem:
+            log.warning(f"{problem}: extracting it again from {checkpoint}")
+            damaged.append(name)
     if stale:
         log.info(f"extracting embeddings {', '.join(stale)} of {run.root} (missing or older than {weights})")
-        extract(run, stale, weights, progress, data_dir)
+    if stale or damaged:
+        extract(run, [name for name in sets if name in stale + damaged], weights, progress, data_dir)
     return paths
+
+
+def _problem(path: Path, ids: list[str]) -> str | None:
+    """What is wrong with an embedding file that should hold the embeddings of `ids` in order: damaged (it
+    does not load) or another set's; None when nothing is."""
+    try:
+        saved = load_embeddings(path)[1].tolist()
+    except EmbeddingFileError as error:
+        return str(error)
+    if saved != ids:
+        return f"{path} holds {len(saved)} embeddings, not those of its set's {len(ids)} images in order"
+    return None

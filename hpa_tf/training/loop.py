@@ -8,7 +8,6 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -82,6 +81,11 @@ class Session:
         return pipeline.Source(self.layout, config.img_size, "train", config.tfrecords)
 
 
+def data_layout(config: RunConfig, progress: bool = True) -> DataLayout:
+    """The dataset of a run: its data_dir, else the synthetic demo (generated and prepared when missing)."""
+    return DataLayout(config.data_dir if config.data_dir else ensure_demo(config.img_size, progress))
+
+
 def start_session(config: RunConfig, progress: bool = True) -> Session:
     """Validate the config, set precision and seeds, make the strategy and find the prepared data (the
     synthetic demo is generated and prepared when no data_dir is given)."""
@@ -90,8 +94,7 @@ def start_session(config: RunConfig, progress: bool = True) -> Session:
     keras.config.set_dtype_policy(PRECISIONS[config.precision])
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
-    data_dir = Path(config.data_dir) if config.data_dir else ensure_demo(config.img_size, progress)
-    layout = DataLayout(data_dir)
+    layout = data_layout(config, progress)
     _check_caches(layout, config.img_size, config.tfrecords)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise TrainingSetupError(f"--batch-size {config.batch_size} is not divisible by the "
