@@ -6,6 +6,11 @@ import shutil
 
 import pytest
 
+try:  # torch's CUDA build imports triton, whose LLVM crashes the process (a segmentation fault) when
+    import torchvision  # noqa: F401  TensorFlow's was loaded first: load it before any test loads TensorFlow
+except ImportError:  # the tests that compare with PyTorch skip, naming it
+    pass
+
 from hpa_tf.data import prepare
 from hpa_tf.data.synthetic import generate
 
