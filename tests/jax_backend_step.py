@@ -40,23 +40,22 @@ OUT: dict[str, np.ndarray] = {}
 
 
 def loss_checks() -> None:
-    """Value and d loss / d logits of every classifier loss on every case (one compiled function per case
-    shape); bf16 cases stay bf16 on input."""
-
+    """Value and d loss / d logits of every classifier loss on every case, in one compiled function; bf16
+    cases stay bf16 on input."""
     functions = {name: getattr(losses, name) for name in PLAN["losses"]}
 
     @jax.jit
-    def values_and_grads(y, z):
-        return {name: jax.value_and_grad(lambda logits, fn=fn: fn(y, logits))(z)
-                for name, fn in functions.items()}
+    def values_and_grads(cases):
+        return {(case, name): jax.value_and_grad(lambda logits, fn=fn, y=y: fn(y, logits))(z)
+                for case, (y, z) in cases.items() for name, fn in functions.items()}
 
-    for case in PLAN["cases"]:
-        z = jax.numpy.asarray(INPUTS[f"{case}/z"], dtype=PLAN["case_dtypes"][case])
-        for name, (value, grad) in values_and_grads(INPUTS[f"{case}/y"], z).items():
-            OUT[f"{case}/{name}/value"] = np.asarray(value)
-            OUT[f"{case}/{name}/value_dtype"] = np.array(str(value.dtype))
-            OUT[f"{case}/{name}/grad"] = np.asarray(grad.astype("float32"))
-            OUT[f"{case}/{name}/grad_dtype"] = np.array(str(grad.dtype))
+    cases = {case: (INPUTS[f"{case}/y"], jax.numpy.asarray(INPUTS[f"{case}/z"], PLAN["case_dtypes"][case]))
+             for case in PLAN["cases"]}
+    for (case, name), (value, grad) in values_and_grads(cases).items():
+        OUT[f"{case}/{name}/value"] = np.asarray(value)
+        OUT[f"{case}/{name}/value_dtype"] = np.array(str(value.dtype))
+        OUT[f"{case}/{name}/grad"] = np.asarray(grad.astype("float32"))
+        OUT[f"{case}/{name}/grad_dtype"] = np.array(str(grad.dtype))
     edge = PLAN["edge"]
     OUT[f"{edge}/keep"] = np.asarray(losses._hard_mining(INPUTS[f"{edge}/y"], INPUTS[f"{edge}/z"])[2])
     OUT["int07"] = np.asarray(losses._python_int_07(jax.numpy.asarray(INPUTS["int07/n"], "int32")))
@@ -81,25 +80,26 @@ def arcface_checks() -> None:
 
 
 def classifier_checks() -> None:
-    """The small classifier with the parent's weights (stateless_call, compiled): inference logits; and a
-    training forward's loss, its gradient over every trainable weight and the BatchNorm statistics it
-    updates."""
+    """The small classifier with the parent's weights, through stateless_call under jax.jit: in inference
+    and in training mode, the logits, the loss and its gradient over every trainable weight, and (training)
+    the BatchNorm statistics the forward pass updates."""
     model = build_classifier(PLAN["backbone"], weights=None, dropout=0.0)
     model.load_weights(WORK / "classifier.weights.h5")
     images, labels = INPUTS["clf/images"], INPUTS["clf/labels"]
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    infer = jax.jit(lambda t, n: model.stateless_call(t, n, images, training=False)[0])
-    OUT["clf/logits"] = np.asarray(infer(trainable, non_trainable))
 
-    def loss_fn(t, n):
-        logits, updated = model.stateless_call(t, n, images, training=True)
-        return losses.classifier_loss(labels, logits), updated
+    def loss_fn(trainable, non_trainable, training):
+        logits, updated = model.stateless_call(trainable, non_trainable, images, training=training)
+        return losses.classifier_loss(labels, logits), (logits, updated)
 
-    (value, updated), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(trainable, non_trainable)
-    OUT["clf/loss"] = np.asarray(value)
-    OUT.update({f"clf/grad/{i}": np.asarray(grad) for i, grad in enumerate(grads)})
-    OUT.update({f"clf/updated/{i}": np.asarray(v) for i, v in enumerate(updated)})
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    both_modes = jax.jit(lambda t, n: {mode: grad_fn(t, n, mode == "train") for mode in ("infer", "train")})
+    results = both_modes([v.value for v in model.trainable_variables],
+                         [v.value for v in model.non_trainable_variables])
+    for mode, ((value, (logits, updated)), grads) in results.items():
+        OUT[f"clf/{mode}/loss"], OUT[f"clf/{mode}/logits"] = np.asarray(value), np.asarray(logits)
+        OUT.update({f"clf/{mode}/grad/{i}": np.asarray(grad) for i, grad in enumerate(grads)})
+        if mode == "train":
+            OUT.update({f"clf/train/updated/{i}": np.asarray(v) for i, v in enumerate(updated)})
     OUT["clf/trainable_paths"] = np.array([v.path for v in model.trainable_variables])
 
 

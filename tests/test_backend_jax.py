@@ -116,17 +116,18 @@ def _tf_arcface(inputs: dict, cases: list[str], out: dict) -> None:
 
 
 def _tf_classifier(model: keras.Model, images, labels, out: dict) -> None:
-    """As the child: inference logits; a training forward's loss, gradients and updated BatchNorm stats."""
-    out["clf/logits"] = model(images, training=False).numpy()
+    """As the child: in inference and in training mode, logits, loss and gradients; the updated statistics."""
     trainable = [tf.convert_to_tensor(v) for v in model.trainable_variables]
     non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
-    with tf.GradientTape() as tape:
-        tape.watch(trainable)
-        logits, updated = model.stateless_call(trainable, non_trainable, images, training=True)
-        value = losses.classifier_loss(labels, logits)
-    out["clf/loss"] = value.numpy()
-    out.update({f"clf/grad/{i}": grad.numpy() for i, grad in enumerate(tape.gradient(value, trainable))})
-    out.update({f"clf/updated/{i}": v.numpy() for i, v in enumerate(updated)})
+    for mode in ("infer", "train"):
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, updated = model.stateless_call(trainable, non_trainable, images, training=mode == "train")
+            value = losses.classifier_loss(labels, logits)
+        out[f"clf/{mode}/loss"], out[f"clf/{mode}/logits"] = value.numpy(), logits.numpy()
+        grads = tape.gradient(value, trainable)
+        out.update({f"clf/{mode}/grad/{i}": grad.numpy() for i, grad in enumerate(grads)})
+    out.update({f"clf/train/updated/{i}": v.numpy() for i, v in enumerate(updated)})
     out["clf/trainable_paths"] = np.array([v.path for v in model.trainable_variables])
 
 
@@ -213,18 +214,22 @@ def test_arc_margin_product_and_arcface_match_tensorflow(both):
         _close(both, key)
 
 
-def test_classifier_forward_and_gradient_match_tensorflow(both):
-    """Inference logits, a training forward's loss and BatchNorm statistics, and every weight's gradient
-    within 1e-5 of the whole gradient's norm (the stem's own gradient sums 8 x 32 x 32 products after a
-    chain of batch-statistics BatchNorms: float32 rounding alone reaches ~8e-6 of its own norm)."""
+@pytest.mark.parametrize("mode, tolerance", [("infer", TOLERANCE), ("train", 10 * TOLERANCE)])
+def test_classifier_forward_and_gradient_match_tensorflow(both, mode, tolerance):
+    """The loss and the BatchNorm statistics a training pass updates within 1e-5; the logits, and each
+    weight's gradient relative to the whole gradient's norm, within `tolerance`. In training mode 10
+    BatchNorms on the batch statistics of 8 images amplify float32 rounding (gradients: 6e-6 to 1.6e-5 over
+    four input draws, against 4e-7 in inference mode and ~1e-6 for a float64 model), hence 1e-4 there, far
+    below what a wrong layer gives."""
     tf_out, jax_out, _ = both
     np.testing.assert_array_equal(jax_out["clf/trainable_paths"], tf_out["clf/trainable_paths"])
-    grads = sorted(k for k in tf_out if k.startswith("clf/grad/"))
-    updated = sorted(k for k in tf_out if k.startswith("clf/updated/"))
+    grads = sorted(k for k in tf_out if k.startswith(f"clf/{mode}/grad/"))
+    updated = sorted(k for k in tf_out if k.startswith("clf/train/updated/"))
     assert len(grads) == len(tf_out["clf/trainable_paths"]) > 10 and len(updated) > 10
-    for key in ["clf/logits", "clf/loss", *updated]:
+    for key in [f"clf/{mode}/loss", *(updated if mode == "train" else [])]:
         _close(both, key)
+    assert relative_error(jax_out[f"clf/{mode}/logits"], tf_out[f"clf/{mode}/logits"]) <= tolerance
     whole = np.concatenate([tf_out[key].ravel() for key in grads])
-    for key in grads:
-        _close(both, key, scale=whole)
-    assert relative_error(np.concatenate([jax_out[key].ravel() for key in grads]), whole) <= TOLERANCE
+    errors = {key: relative_error(jax_out[key], tf_out[key], whole) for key in grads}
+    assert max(errors.values()) <= tolerance, max(errors.items(), key=lambda item: item[1])
+    assert relative_error(np.concatenate([jax_out[key].ravel() for key in grads]), whole) <= tolerance
