@@ -1,4 +1,5 @@
-"""The losses, ArcMarginProduct and the classifier under Keras' JAX backend equal TensorFlow's (1e-5).
+"""The losses, ArcMarginProduct and the classifier under Keras' JAX backend equal TensorFlow's: within 1e-5
+(the classifier's logits and gradients in training mode: 1e-4, see that test).
 
 One subprocess (tests/jax_backend_step.py: KERAS_BACKEND=jax, `import tensorflow` blocked) computes
 everything from the inputs and weights this TensorFlow process writes; the module-scoped fixture runs it once,
