@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+
+def l2_normalize(x, epsilon: float = 1e-12):
+    """Rows of `x` over their L2 norm (floored at sqrt(epsilon)), as tf.math.l2_normalize computes it."""
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), epsilon))
 
 
 class ArcMarginProduct(keras.layers.Layer):
@@ -21,12 +26,12 @@ class ArcMarginProduct(keras.layers.Layer):
         limit = 1.0 / math.sqrt(int(input_shape[-1]))
         self.weight = self.add_weight(shape=(self.num_classes, int(input_shape[-1])), name="weight",
                                       initializer=keras.initializers.RandomUniform(-limit, limit),
-                                      dtype="float32")
+                                      dtype="float32", autocast=False)
 
     def call(self, features):
-        features = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1, epsilon=1e-12)
-        weight = tf.math.l2_normalize(tf.convert_to_tensor(self.weight), axis=-1, epsilon=1e-12)
-        return tf.matmul(features, weight, transpose_b=True)
+        features = l2_normalize(ops.cast(features, "float32"))
+        weight = l2_normalize(ops.cast(self.weight, "float32"))
+        return ops.matmul(features, ops.transpose(weight))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.num_classes)
