@@ -89,6 +89,20 @@ class Budget:
     def record(self, row: Row, seconds: float) -> None:
         self.taken[row.kind] = max(self.taken.get(row.kind, 0.0), seconds)
 
+    def measure(self, row: Row, measure) -> dict:
+        """measure(row)'s result, timed and recorded, if the row still fits; a failure (e.g. out of memory)
+        is printed and reported in the result, so that one failed row keeps the others."""
+        if not self.fits(row):
+            return {"images_per_s": "skipped (budget)"}
+        start = time.perf_counter()
+        try:
+            return measure(row)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            traceback.print_exc()
+            return {"images_per_s": f"failed ({type(error).__name__})"}
+        finally:
+            self.record(row, time.perf_counter() - start)
+
 
 def multiple_of_32(text: str) -> int:
     value = int(text)
@@ -358,16 +372,7 @@ def keras_results(rows: list[Row], args, budget: Budget, torch_by_key: dict, gpu
 
     models, results = {}, {}
     for row in rows:
-        if not budget.fits(row):
-            results[row.key] = {"images_per_s": "skipped (budget)"}
-        else:
-            start = time.perf_counter()
-            try:
-                results[row.key] = keras_row(row, models, args)
-            except Exception as error:  # noqa: BLE001 - one failed row (e.g. out of memory) keeps the others
-                traceback.print_exc()
-                results[row.key] = {"images_per_s": f"failed ({type(error).__name__})"}
-            budget.record(row, time.perf_counter() - start)
+        results[row.key] = budget.measure(row, lambda row: keras_row(row, models, args))
         print_row(row, results[row.key], torch_by_key.get(row.key, {}), peak_tflops(row, args, gpu))
     keras.config.set_dtype_policy("float32")
     return results

@@ -19,7 +19,6 @@ import math
 import re
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -190,19 +189,10 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.fp32_math == "tf32"
     budget, results = Budget(args.budget_s), {}
     for row in (Row(**fields) for fields in json.loads(args.rows)):
-        if not budget.fits(row):
-            results[row.key] = {"images_per_s": "skipped (budget)"}
-            continue
         start = time.perf_counter()
-        try:
-            results[row.key] = measure(row, args, device)
-        except Exception as error:  # noqa: BLE001 - one failed row (e.g. out of memory) keeps the others
-            traceback.print_exc()
-            results[row.key] = {"images_per_s": f"failed ({type(error).__name__})"}
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        budget.record(row, time.perf_counter() - start)
+        results[row.key] = budget.measure(row, lambda row: measure(row, args, device))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         print(f"torch_step: {row.key}: {results[row.key]} ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"

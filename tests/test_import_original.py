@@ -5,6 +5,7 @@ within 1e-4 (relative max error) at non-square even sizes."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -57,44 +58,54 @@ def densenets():
             for large in (False, True)}
 
 
-@pytest.mark.parametrize("arch, legacy, data_parallel, bare, size", [
-    ("class_densenet121_dropout", True, False, False, (96, 160)),
-    ("class_densenet121_dropout", False, True, False, (160, 96)),
-    ("class_densenet121_large_dropout", False, False, True, (128, 192)),
-])
-def test_imported_classifier_equals_the_original(densenets, tmp_path, arch, legacy, data_parallel, bare,
-                                                 size):
-    """0.4's legacy format, the zip format, DataParallel's `module.` keys and a bare state_dict all import
-    to a classifier whose logits on raw [0, 1] RGBY are the original's (its forward normalises with spec
-    4's constants; the folder names no dataset)."""
-    model = densenets[arch.endswith("large_dropout")]
-    checkpoint = tmp_path / "final.pth"
-    if bare:
-        torch.save(model.state_dict(), checkpoint)
-    else:
-        save_like_the_original(model, checkpoint, legacy=legacy, data_parallel=data_parallel)
-    run = importer.import_original(checkpoint, arch, tmp_path / "run" / "fold0")
-    keras_model, config = load_classifier(run.root)
-    assert config.reference_stats and config.data_dir is None and config.large == ("large" in arch)
-    x = images(*size)
-    assert relative_error(keras_model(x, training=False), torch_run(model, x)) < TOLERANCE
-    original = json.loads(run.original.read_text())
-    assert original["arch"] == arch and len(original["sha256"]) == 64
-    assert (original.get("epoch"), original.get("best_score")) == ((None, None) if bare else (45, 0.612))
-
-
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
     return with_running_statistics(ResnetClass(num_classes=37), seed=2)
 
 
-def test_imported_metric_model_equals_the_original(resnet, tmp_path):
+@pytest.fixture(scope="module")
+def imported(densenets, resnet, tmp_path_factory):
+    """arch -> (the original's PyTorch model, its run folder imported by the CLI): run A's classifier from
+    0.4's legacy format with DataParallel's `module.` keys, the large variant from a bare state_dict in
+    the zip format, the metric model from the original's dict in the legacy format."""
+    folder = tmp_path_factory.mktemp("imported")
+    cases = {"class_densenet121_dropout": (densenets[False], dict(legacy=True, data_parallel=True)),
+             "class_densenet121_large_dropout": (densenets[True], None),
+             "class_resnet50_dropout": (resnet, dict(legacy=True))}
+    runs = {}
+    for arch, (model, saved) in cases.items():
+        checkpoint = folder / f"{arch}.pth"
+        if saved is None:
+            torch.save(model.state_dict(), checkpoint)
+        else:
+            save_like_the_original(model, checkpoint, **saved)
+        assert importer.main([str(checkpoint), "--arch", arch, "--out", str(folder / arch), "--quiet"]) == 0
+        runs[arch] = (model, RunLayout(folder / arch))
+    return runs
+
+
+@pytest.mark.parametrize("arch, sizes", [("class_densenet121_dropout", [(96, 160), (160, 96)]),
+                                         ("class_densenet121_large_dropout", [(128, 192)])])
+def test_imported_classifier_equals_the_original(imported, arch, sizes):
+    """The imported classifier's logits on raw [0, 1] RGBY are the original's (its forward normalises with
+    spec 4's constants; the folder names no dataset), at non-square even sizes."""
+    model, run = imported[arch]
+    keras_model, config = load_classifier(run.root)
+    assert config.reference_stats and config.data_dir is None and config.large == ("large" in arch)
+    for size in sizes:
+        x = images(*size)
+        assert relative_error(keras_model(x, training=False), torch_run(model, x)) < TOLERANCE
+    original = json.loads(run.original.read_text())
+    assert original["arch"] == arch and len(original["sha256"]) == 64
+    assert (original.get("epoch"), original.get("best_score")) == \
+        ((None, None) if "large" in arch else (45, 0.612))
+
+
+def test_imported_metric_model_equals_the_original(imported):
     """The embedder gives the original's 512-d feature, and the ArcFace head (with the checkpoint's class
     count) its cosines."""
-    checkpoint = tmp_path / "045.pth"
-    save_like_the_original(resnet, checkpoint, legacy=True)
-    run = importer.import_original(checkpoint, "class_resnet50_dropout", tmp_path / "metric")
+    resnet, run = imported["class_resnet50_dropout"]
     embedder, config = load_embedder(run.root)
     assert config.arcface_classes == 37 and config.data_dir is None
     x = images(128, 96, seed=1)
@@ -211,19 +222,16 @@ def test_torchvision_weights_offline_say_how_to_get_them(tmp_path, monkeypatch):
     assert str(tmp_path / "models" / "resnet50.tv_in1k.safetensors") in str(error.value)
 
 
-def _import_small(model, arch: str, out, **sizes) -> RunLayout:
-    """`model` saved as the original did and imported to `out` by the CLI, its config's sizes cut to the
-    tiny dataset's 64 px cache (to keep the tests fast)."""
-    checkpoint = out.parent / f"{out.name}.pth"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_like_the_original(model, checkpoint, legacy=False)
-    assert importer.main([str(checkpoint), "--arch", arch, "--out", str(out), "--quiet"]) == 0
-    run = RunLayout(out)
-    run.config_json.write_text(json.dumps({**json.loads(run.config_json.read_text()), **sizes}))
-    return run
+def _copy_small(run: RunLayout, out, **sizes) -> RunLayout:
+    """A copy of the imported run folder `run` at `out`, its config's sizes cut to the tiny dataset's 64 px
+    cache (to keep the test fast)."""
+    shutil.copytree(run.root, out)
+    copy = RunLayout(out)
+    copy.config_json.write_text(json.dumps({**json.loads(copy.config_json.read_text()), **sizes}))
+    return copy
 
 
-def test_imported_runs_make_a_submission(densenets, resnet, prepared, tmp_path, capsys):
+def test_imported_runs_make_a_submission(imported, prepared, tmp_path, capsys):
     """`infer.py --submission` uses an imported fold (RUNS/NAME/fold0) and an imported metric run like
     trained ones, with --data-dir naming the dataset, which the folders do not: the embeddings are
     extracted from that dataset's images."""
@@ -231,9 +239,9 @@ def test_imported_runs_make_a_submission(densenets, resnet, prepared, tmp_path, 
     from hpa_tf.embeddings import load_embeddings
 
     root, _ = prepared
-    _import_small(densenets[False], "class_densenet121_dropout", tmp_path / "runs" / "bestfitting" / "fold0",
-                  img_size=64, crop_size=32)
-    metric = _import_small(resnet, "class_resnet50_dropout", tmp_path / "metric", img_size=64)
+    _copy_small(imported["class_densenet121_dropout"][1], tmp_path / "runs" / "bestfitting" / "fold0",
+                img_size=64, crop_size=32)
+    metric = _copy_small(imported["class_resnet50_dropout"][1], tmp_path / "metric", img_size=64)
     output = tmp_path / "submission.csv"
     common = ["--runs", str(tmp_path / "runs"), "--run", "bestfitting", "--metric-run", str(metric.root),
               "--seeds", "0", "--output", str(output)]
