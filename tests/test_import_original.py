@@ -194,18 +194,21 @@ def torchvision_features(model, name: str, x: np.ndarray) -> torch.Tensor:
     return torch_run(torch.nn.Sequential(*layers).eval(), x).permute(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("name", ["densenet121", "resnet50"])
-def test_torchvision_weights_equal_torchvision(imagenet_files, tmp_path, monkeypatch, name):
-    """`--weights PATH` (a timm-format file) and `--weights torchvision` (the same file in Keras' cache)
-    give torchvision's network with the 4-channel stem, on torch-convention RGB and a Y channel."""
+@pytest.mark.parametrize("name, keyword", [("densenet121", True), ("resnet50", False)])
+def test_torchvision_weights_equal_torchvision(imagenet_files, tmp_path, monkeypatch, name, keyword):
+    """`--weights torchvision` (a timm-format file in Keras' cache; DenseNet121 here) and `--weights PATH`
+    (that file given; ResNet50 here) give torchvision's network with the 4-channel stem, on torch-convention
+    RGB and a Y channel. One path each keeps the test to one Keras build per network."""
     model, path = imagenet_files[name]
     x = np.random.default_rng(3).standard_normal((1, 64, 96, 4)).astype(np.float32)
-    expected = torchvision_features(model, name, x)
-    assert relative_error(backbone(name, weights=str(path))(x, training=False), expected) < TOLERANCE
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / path.name).write_bytes(path.read_bytes())
-    assert relative_error(backbone(name, weights="torchvision")(x, training=False), expected) < TOLERANCE
+    weights = str(path)
+    if keyword:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / path.name).write_bytes(path.read_bytes())
+        weights = "torchvision"
+    net = backbone(name, weights=weights)
+    assert relative_error(net(x, training=False), torchvision_features(model, name, x)) < TOLERANCE
 
 
 def test_torchvision_weights_offline_say_how_to_get_them(tmp_path, monkeypatch):
