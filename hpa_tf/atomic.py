@@ -2,10 +2,12 @@
 
 A reader never sees a half-written CSV, JSON or image; an interrupted run leaves the old file (or none).
 Writers that produce identical bytes leave the existing file untouched, so reruns change nothing.
+file_sha256 is the one checksum of a file's bytes (index files, checkpoints, bioimage.io resources).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -79,6 +81,15 @@ def save_weights_atomic(model, path: str | Path) -> Path:
 def copy_atomic(source: str | Path, target: str | Path) -> Path:
     """Copy a file; the target is either the old file or the complete copy."""
     return write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
+
+
+def file_sha256(path: str | Path, prefix: bytes = b"") -> str:
+    """The hex sha256 of `prefix` followed by the file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256(prefix)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_folder_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -7,7 +7,6 @@ bioimageio.spec before it is kept."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -19,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf import viz
-from hpa_tf.atomic import write_folder_atomic
+from hpa_tf.atomic import file_sha256, write_folder_atomic
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import LABEL_NAMES
@@ -85,10 +84,6 @@ def imported(resource: Resource, run: RunLayout) -> Resource:
     return dataclasses.replace(resource, description=resource.description + text, original=original)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def zip_saved_model(saved_model: Path, target: Path) -> Path:
     """The SavedModel folder as one zip (the bundle format), entries in sorted order."""
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -131,14 +126,15 @@ def rdf(resource: Resource, files: dict[str, Path]) -> dict:
         "description": resource.description, "authors": AUTHORS, "cite": CITE, "license": "MIT",
         "documentation": "README.md", "covers": ["cover.png"], "tags": resource.tags,
         "inputs": [{"id": "images", "axes": axes_in, "data": {"type": "float32", "range": [0.0, 1.0]},
-                    "test_tensor": {"source": "test_input.npy", "sha256": sha256(files["test_input.npy"])},
+                    "test_tensor": {"source": "test_input.npy",
+                                    "sha256": file_sha256(files["test_input.npy"])},
                     "description": "RGBY image(s), float32 in [0, 1]"}],
         "outputs": [{"id": resource.output,
                      "axes": [{"type": "batch"}, {"type": "channel", "channel_names": resource.channels}],
                      "test_tensor": {"source": "test_output.npy",
-                                     "sha256": sha256(files["test_output.npy"])}}],
+                                     "sha256": file_sha256(files["test_output.npy"])}}],
         "weights": {"tensorflow_saved_model_bundle": {
-            "source": "weights.zip", "sha256": sha256(files["weights.zip"]),
+            "source": "weights.zip", "sha256": file_sha256(files["weights.zip"]),
             "tensorflow_version": tf.__version__.split("+")[0], **weights_authors}},
     }
 

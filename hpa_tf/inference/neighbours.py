@@ -4,7 +4,6 @@ product is the cosine), exact search as fallback and yardstick, and the label re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.atomic import write_folder_atomic, write_json_atomic
+from hpa_tf.atomic import file_sha256, write_folder_atomic, write_json_atomic
 from hpa_tf.embeddings import exact_neighbours, matching_space
 from hpa_tf.errors import InferenceError
 from hpa_tf.labels import format_target, parse_target
@@ -81,7 +80,7 @@ class NeighbourIndex:
                 self.searcher.serialize(str(temporary))
                 assets = temporary / SCANN_ASSETS
                 assets.write_text(assets.read_text().replace(f'"{temporary}/', f'"{final}/'))
-            files = {p.name: [p.stat().st_size, _sha256(p)] for p in sorted(temporary.iterdir())}
+            files = {p.name: [p.stat().st_size, file_sha256(p)] for p in sorted(temporary.iterdir())}
             write_json_atomic({"scann": self.searcher is not None, "rows": len(self.references),
                                "fingerprint": fingerprint, "files": files}, temporary / INDEX_INFO)
 
@@ -101,14 +100,6 @@ class NeighbourIndex:
         import scann
 
         return cls(references, scann.scann_ops_pybind.load_searcher(str(folder)))
-
-
-def _sha256(path: Path, prefix: bytes = b"") -> str:
-    digest = hashlib.sha256(prefix)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def index_problem(folder: str | Path, fingerprint: str, rows: int) -> str | None:
@@ -135,7 +126,7 @@ def index_problem(folder: str | Path, fingerprint: str, rows: int) -> str | None
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} when it was written"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} is not the file that was written (its sha256 differs)"
     return None
 
@@ -151,7 +142,7 @@ def match(query_feats: np.ndarray, reference_feats: np.ndarray, k: int = 1, exac
 def file_fingerprint(path: str | Path) -> str:
     """sha256 of a file's bytes and of the index defaults: an index built from it stays valid while both
     are unchanged."""
-    return _sha256(Path(path), f"{EXACT_BELOW}:{INDEX_VERSION}".encode())
+    return file_sha256(Path(path), f"{EXACT_BELOW}:{INDEX_VERSION}".encode())
 
 
 def cached_index(embeddings_path: str | Path, reference_feats: np.ndarray, folder: str | Path

@@ -30,8 +30,8 @@ from hpa_tf.errors import ModelError
 from hpa_tf.models.torchvision_nets import (
     TORCHVISION,
     TORCHVISION_RESNETS,
-    is_torch_file,
     is_torchvision_net,
+    is_torchvision_weights,
     load_imagenet,
     torchvision_resnet,
 )
@@ -68,7 +68,7 @@ def check_backbone(name: str, weights: str | None = None) -> None:
     if name not in apps:
         raise BackboneError(f"unknown backbone {name!r}; use densenet_A_B_C_D or one of: "
                             + ", ".join(sorted(apps)))
-    torchvision_weights = weights == TORCHVISION or is_torch_file(weights)
+    torchvision_weights = is_torchvision_weights(weights)
     if torchvision_weights and not is_torchvision_net(name):
         raise BackboneError(f"--weights {weights}: torchvision's weights are for densenet121/169/201 and "
                             f"resnet50, not {name}; use --weights imagenet (Keras' weights) or none")
@@ -91,7 +91,7 @@ def source_model(name: str, weights: str | None = None) -> keras.Model:
 
         return DenseNet([int(b) for b in mini.groups()], include_top=False, weights=None,
                         input_shape=(None, None, 3), name=name)
-    torchvision_weights = weights == TORCHVISION or is_torch_file(weights)
+    torchvision_weights = is_torchvision_weights(weights)
     if name in TORCHVISION_RESNETS:
         model = torchvision_resnet(name)
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from hpa_tf.atomic import write_folder_atomic, write_json_atomic
+from hpa_tf.atomic import file_sha256, write_folder_atomic, write_json_atomic
 from hpa_tf.config import classifier_config, embedder_config
 from hpa_tf.errors import RunFolderError
 from hpa_tf.layout import RunLayout
@@ -104,14 +103,6 @@ def original_model(checkpoint: str | Path, arch_name: str) -> tuple[keras.Model,
     return model, config, info
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_original(checkpoint: str | Path, arch_name: str, out: str | Path) -> RunLayout:
     """Write the run folder `out` (config.json, best.weights.h5, original.json) of the original's
     checkpoint, atomically: it appears complete or not at all. An existing folder is replaced only if it
@@ -121,7 +112,7 @@ def import_original(checkpoint: str | Path, arch_name: str, out: str | Path) -> 
         raise RunFolderError(f"{run.root} exists and is not an imported run: choose another --out")
     model, config, info = original_model(checkpoint, arch_name)
     source = Path(checkpoint)
-    provenance = {"checkpoint": str(source.resolve()), "arch": arch_name, "sha256": _sha256(source),
+    provenance = {"checkpoint": str(source.resolve()), "arch": arch_name, "sha256": file_sha256(source),
                   **{k: info[k] for k in ("epoch", "best_epoch", "best_score") if k in info}}
 
     def write(folder: Path) -> None:

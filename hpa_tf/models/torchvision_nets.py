@@ -39,9 +39,12 @@ def is_torchvision_net(name: str) -> bool:
     return name in TORCHVISION_RESNETS or name.startswith("densenet")
 
 
-def is_torch_file(weights: str | None) -> bool:
-    """Whether --weights names a torch state-dict file (.pth, .safetensors, ...) rather than a keyword."""
-    return weights is not None and Path(str(weights)).suffix.lower() in TORCH_SUFFIXES
+def is_torchvision_weights(weights: str | None) -> bool:
+    """Whether --weights asks for torchvision's weights: `torchvision`, or a torch state-dict file (.pth,
+    .safetensors, ...) with torchvision's keys."""
+    if weights is None:
+        return False
+    return weights == TORCHVISION or Path(str(weights)).suffix.lower() in TORCH_SUFFIXES
 
 
 def torchvision_resnet(name: str) -> keras.Model:
