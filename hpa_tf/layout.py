@@ -80,6 +80,11 @@ class DataLayout:
         """Raw HPAv18 download: an RGB JPEG holding the channel in one plane (spec 1.3)."""
         return self.root / "external" / "jpg" / f"{validate_id(image_id)}_{_color(color)}.jpg"
 
+    @property
+    def external_failed_csv(self) -> Path:
+        """The HPAv18 files the last download could not fetch (Id, color, url, reason)."""
+        return self.root / "external" / "download_failed.csv"
+
     # prepared outputs
     def kaggle_cache(self, split: str, image_id: str, color: str, size: int) -> Path:
         """Resize cache of a Kaggle image channel: 8-bit grayscale PNG of size x size (spec 1.2)."""
