@@ -30,7 +30,8 @@ class Server:
     """Serves `folder`'s `{Id}_{color}.jpg` as /images/{antibody}/{plate_well_field}_{color}.jpg (spec 1.3).
     `faults[url path]` lists what the next requests of that file get, one each: "500", "429", "cut" (the
     connection closes halfway through the body), "hold" (no answer until the test ends), "damaged" (a
-    whole response holding half the JPEG); a path in `missing` is a 404."""
+    whole response holding half the JPEG), "html" (an error page with status 200); a path in `missing` is
+    a 404."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -72,6 +73,8 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
             if fault == "hold":
                 server.release.wait()
                 self.close_connection = True
+            elif fault == "html":
+                self._send(200, b"<html>busy</html>", {"Content-Type": "text/html"})
             elif fault in ("500", "404", "429"):
                 self._send(int(fault), b"", {"Retry-After": str(RETRY_AFTER)} if fault == "429" else {})
             else:
@@ -134,6 +137,8 @@ def _served(tiny_dataset: Path, ids: list[str], leave_out: tuple[str, ...] = ())
 def test_download_fetches_every_colour_from_the_url_pattern_and_a_rerun_skips_them(tiny_dataset, server,
                                                                                   tmp_path):
     ids = _dataset(tiny_dataset, tmp_path, 6)
+    with open(tmp_path / "raw" / "HPAv18RBGY_wodpl.csv", "a") as csv:
+        csv.write(f"{ids[2]},0\n")  # a repeated Id is fetched once
     tally = download.download(tmp_path, server.url, concurrency=4, progress=False)
     assert (tally.downloaded, tally.skipped, tally.failed) == (24, 0, [])
     assert sorted(server.take_requests()) == sorted(_url_path(i, c) for i in ids for c in COLORS)
@@ -152,38 +157,41 @@ def test_faults_are_retried_or_recorded_and_a_rerun_fetches_just_the_failed(tiny
     server.faults = {twice_500: ["500", "500"], cut: ["cut"], held: ["hold"], limited: ["429"],
                      damaged: ["damaged"] * 3}
     server.missing = {missing}
+    html = _url_path(ids[0], "red")
+    server.faults[html] = ["html"]
     waits = []
-    with pytest.raises(download.DownloadError, match=r"^2 of 24 files failed \(the first, "):
+    with pytest.raises(download.DownloadError, match=r"^3 of 24 files failed \(the first, "):
         download.download(tmp_path, server.url, concurrency=4, timeout=2.0, retries=2, backoff=0.25,
                           progress=False, sleep=waits.append)
     counts = pd.Series(server.take_requests()).value_counts()
-    assert [counts[p] for p in (twice_500, cut, held, missing, limited, damaged)] == [3, 2, 2, 1, 2, 3]
-    assert counts.drop([twice_500, cut, held, missing, limited, damaged]).eq(1).all()
+    faulty = [twice_500, cut, held, missing, limited, damaged, html]
+    assert counts[faulty].tolist() == [3, 2, 2, 1, 2, 3, 1] and counts.drop(faulty).eq(1).all()
     # backoff 0.25 s, doubled; the 429's Retry-After instead of the backoff, held for every request
     assert sorted(waits)[:2] == [0.25, 0.25] and {0.5, RETRY_AFTER} <= set(waits)
     assert max(waits) == RETRY_AFTER
+    # and the pause every request then takes: what is left of the Retry-After (the test waits for nothing)
+    assert any(RETRY_AFTER / 2 < w < RETRY_AFTER for w in waits)
 
-    failed_names = (f"{ids[3]}_green.jpg", f"{ids[5]}_green.jpg")
+    failed_names = (f"{ids[3]}_green.jpg", f"{ids[0]}_red.jpg", f"{ids[5]}_green.jpg")
     assert _jpgs(tmp_path) == _served(tiny_dataset, ids, leave_out=failed_names)
     assert not temporaries(tmp_path)
     failed = pd.read_csv(DataLayout(tmp_path).external_failed_csv, dtype=str)
     assert failed.columns.tolist() == ["Id", "color", "url", "reason"]
+    host = server.url.removesuffix("/images")
     assert failed[["Id", "color", "url"]].values.tolist() == [
-        [ids[3], "green", server.url.removesuffix("/images") + missing],
-        [ids[5], "green", server.url.removesuffix("/images") + damaged]]
-    assert failed["reason"].tolist()[0] == "HTTP 404"
-    assert failed["reason"].tolist()[1].startswith("not a whole JPEG (") and failed["reason"][1].endswith(
-        " (3 attempts)")
+        [ids[0], "red", host + html], [ids[3], "green", host + missing], [ids[5], "green", host + damaged]]
+    assert failed["reason"].tolist() == ["not a JPEG (HTTP 200, text/html)", "HTTP 404",
+                                         "not a whole JPEG (no JPEG end marker) (3 attempts)"]
 
     capsys.readouterr()
     assert download.main(["--data-dir", str(tmp_path), "--base-url", server.url, "--quiet"]) == 2
-    assert sorted(server.take_requests()) == sorted([missing, damaged])  # the missing ones only
+    assert sorted(server.take_requests()) == sorted([html, missing, damaged])  # the missing ones only
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: 1 of 24 files failed (the first, "
                                                    f"{server.url}/{ids[3].split('_', 1)[0]}/")
     assert str(DataLayout(tmp_path).external_failed_csv) in err and "run the command again" in err
     assert pd.read_csv(DataLayout(tmp_path).external_failed_csv, dtype=str)["Id"].tolist() == [ids[3]]
-    assert _jpgs(tmp_path) == _served(tiny_dataset, ids, leave_out=failed_names[:1])
+    assert _jpgs(tmp_path) == _served(tiny_dataset, ids, leave_out=failed_names[:1])  # ids[3] green
 
 
 def test_killed_mid_run_by_progress_then_a_rerun_ends_with_exactly_the_served_files(tiny_dataset, server,

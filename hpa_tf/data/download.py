@@ -48,6 +48,8 @@ BACKOFF = 1.0  # seconds before the first retry, doubled before each next one up
 MAX_BACKOFF = 60.0
 MAX_RETRY_AFTER = 600.0  # the longest a Retry-After is obeyed for
 FAILED_COLUMNS = ["Id", "color", "url", "reason"]
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_TAIL = 1024  # bytes at a file's end in which its JPEG end marker must stand
 _HPAV18_ID = re.compile(r"(?P<antibody>[0-9]+)_(?P<field>[0-9]+_[A-Za-z]+[0-9]+_[0-9]+)")
 
 
@@ -78,19 +80,23 @@ class Outcome:
 
 # ------------------------------------------------------------------------------------------ the Id list
 def read_jobs(layout: DataLayout, base_url: str = BASE_URL) -> list[Job]:
-    """Every colour of every Id of the Id list, in its order; DownloadError names the first Id that is not
-    {antibody}_{plate}_{well}_{field} and its line."""
+    """Every colour of every Id of the Id list (a repeated Id once), in its order; DownloadError names the
+    first Id that is not {antibody}_{plate}_{well}_{field} and its line, or an empty list."""
     path = layout.external_csv
     if not path.is_file():
         raise DownloadError(f"missing {path}: the HPAv18 Id list (Id,Target; spec 1.3) goes there")
-    jobs = []
+    jobs, seen = [], set()
     for line, image_id in _csv_ids(path):
         match = _HPAV18_ID.fullmatch(image_id)
         if match is None:
             raise DownloadError(f"{path} line {line}: Id {image_id!r} is not an HPAv18 Id "
                                 "{antibody}_{plate}_{well}_{field} such as 10580_1610_C1_1")
-        folder = f"{base_url.rstrip('/')}/{match['antibody']}/{match['field']}"
-        jobs += [Job(image_id, c, f"{folder}_{c}.jpg", layout.external_jpg(image_id, c)) for c in COLORS]
+        if image_id not in seen:
+            seen.add(image_id)
+            folder = f"{base_url.rstrip('/')}/{match['antibody']}/{match['field']}"
+            jobs += [Job(image_id, c, f"{folder}_{c}.jpg", layout.external_jpg(image_id, c)) for c in COLORS]
+    if not jobs:
+        raise DownloadError(f"{path} lists no Ids")
     return jobs
 
 
@@ -112,14 +118,17 @@ def _csv_ids(path: Path) -> Iterator[tuple[int, str]]:
 
 # ------------------------------------------------------------------------------------------- the files
 def jpeg_problem(path: Path, color: str, decode: bool = False) -> str | None:
-    """Why the file is not a whole JPEG (None when it is): its start and end markers, and with `decode` a
-    full decode of the plane that prepare reads."""
+    """Why the file is not a whole JPEG (None when it is): its start marker and its end marker in the last
+    KiB (a writer may pad after it; scan data never holds one), and with `decode` a full decode of the
+    plane that prepare reads."""
     with open(path, "rb") as handle:
-        head = handle.read(3)
-        handle.seek(max(handle.seek(0, os.SEEK_END) - 2, 0))
-        tail = handle.read(2)
-    if head != b"\xff\xd8\xff" or tail != b"\xff\xd9":
-        return "not a whole JPEG (no JPEG start or end marker)"
+        head = handle.read(len(JPEG_START))
+        handle.seek(max(handle.seek(0, os.SEEK_END) - _TAIL, len(head)))  # the end marker after the start
+        tail = handle.read()
+    if head != JPEG_START:
+        return "not a JPEG (no JPEG start marker)"
+    if JPEG_END not in tail:
+        return "not a whole JPEG (no JPEG end marker)"
     if decode:
         try:
             read_plane_jpg(path, color)
@@ -234,6 +243,9 @@ class Fetcher:
         except httpx.TransportError as error:
             return _Attempt(reason=f"{type(error).__name__}: {error}", answered=False)
         status = response.status_code
+        if status == 200 and not response.content.startswith(JPEG_START):  # an error page, not a cut
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            return _Attempt(Outcome(job, "failed", reason=f"not a JPEG (HTTP 200, {kind})"))
         if status == 200:
             problem = save_jpeg(job, response.content)
             if problem is None:
@@ -389,7 +401,11 @@ def _record_failures(layout: DataLayout, failed: list[Outcome]) -> None:
         path.unlink(missing_ok=True)
         return
     rows = [[o.job.image_id, o.job.color, o.job.url, o.reason] for o in failed]
-    write_csv_atomic(pd.DataFrame(rows, columns=FAILED_COLUMNS), path)
+    try:
+        write_csv_atomic(pd.DataFrame(rows, columns=FAILED_COLUMNS), path)
+    except OSError as error:
+        raise DownloadError(f"cannot write {path}: {error.strerror or error}; {len(failed)} files "
+                            "failed") from error
 
 
 def main(argv: list[str] | None = None) -> int:
