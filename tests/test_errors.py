@@ -7,6 +7,7 @@ import pytest
 
 from hpa_tf.cli import train_classifier
 from hpa_tf.config import ConfigError
+from hpa_tf.data.download import DownloadError
 from hpa_tf.data.io import ImageReadError
 from hpa_tf.data.prepare import PrepareError
 from hpa_tf.embeddings import EmbeddingFileError
@@ -17,8 +18,8 @@ from hpa_tf.output import run_or_exit
 
 @pytest.mark.parametrize("error, stage", [
     (ConfigError, HpaTfError), (ImageReadError, DataError), (PrepareError, DataError),
-    (EmbeddingFileError, HpaTfError), (InferenceError, HpaTfError), (BackboneError, ModelError),
-    (TrainingSetupError, HpaTfError)])
+    (DownloadError, DataError), (EmbeddingFileError, HpaTfError), (InferenceError, HpaTfError),
+    (BackboneError, ModelError), (TrainingSetupError, HpaTfError)])
 def test_every_stage_error_is_in_the_family(error, stage):
     assert issubclass(error, stage) and issubclass(error, HpaTfError)
     assert issubclass(error, ValueError)  # callers that caught ValueError still do
