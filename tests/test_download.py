@@ -135,7 +135,7 @@ def _served(tiny_dataset: Path, ids: list[str], leave_out: tuple[str, ...] = ())
 
 
 def test_download_fetches_every_colour_from_the_url_pattern_and_a_rerun_skips_them(tiny_dataset, server,
-                                                                                  tmp_path):
+                                                                                  tmp_path, capsys):
     ids = _dataset(tiny_dataset, tmp_path, 6)
     with open(tmp_path / "raw" / "HPAv18RBGY_wodpl.csv", "a") as csv:
         csv.write(f"{ids[2]},0\n")  # a repeated Id is fetched once
@@ -145,9 +145,18 @@ def test_download_fetches_every_colour_from_the_url_pattern_and_a_rerun_skips_th
     assert _jpgs(tmp_path) == _served(tiny_dataset, ids)
     assert not temporaries(tmp_path) and not DataLayout(tmp_path).external_failed_csv.exists()
 
-    again = download.download(tmp_path, server.url, concurrency=4, progress=False)
-    assert (again.downloaded, again.skipped, again.bytes_kept) == (0, 24, tally.bytes_downloaded)
-    assert server.take_requests() == []
+    assert tally.bytes_downloaded == sum(map(len, _served(tiny_dataset, ids).values()))
+    size = f"{tally.bytes_downloaded / 1e6:.1f} MB"
+    (tmp_path / "external" / "jpg" / f"{ids[0]}_blue.jpg").unlink()
+
+    capsys.readouterr()
+    assert download.main(["--data-dir", str(tmp_path), "--base-url", server.url, "--concurrency", "4"]) == 0
+    assert server.take_requests() == [_url_path(ids[0], "blue")]
+    assert capsys.readouterr().out.splitlines() == [
+        f"HPAv18: 24 files of 6 Ids from {server.url}, 4 at once",
+        f"downloaded 1 ({len(_served(tiny_dataset, ids[:1])[f'{ids[0]}_blue.jpg']) / 1e6:.1f} MB), skipped "
+        f"23 already whole, failed 0; {tmp_path / 'external' / 'jpg'} holds 24 of 24 files ({size})"]
+    assert _jpgs(tmp_path) == _served(tiny_dataset, ids)
 
 
 def test_faults_are_retried_or_recorded_and_a_rerun_fetches_just_the_failed(tiny_dataset, server, tmp_path,
@@ -292,3 +301,10 @@ def test_retry_after_takes_seconds_or_a_date_and_is_capped():
     assert asks("7") == 7.0 and asks("86400") == download.MAX_RETRY_AFTER
     assert asks("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date already past: no wait
     assert asks("soon") is None and download.retry_after(httpx.Response(429)) is None
+
+
+def test_the_summary_projects_the_whole_list_from_the_average_file():
+    tally = download.Tally(total=8, give_up_after=1, downloaded=1, skipped=3, bytes_downloaded=500_000,
+                           bytes_kept=1_500_000_000)
+    assert tally.summary(Path("jpg")) == ("downloaded 1 (0.5 MB), skipped 3 already whole, failed 0; jpg "
+                                          "holds 4 of 8 files (1.5 GB; about 3.0 GB when complete)")

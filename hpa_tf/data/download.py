@@ -38,7 +38,7 @@ from hpa_tf.errors import DataError
 from hpa_tf.layout import COLORS, DataLayout
 from hpa_tf.output import bars_disabled, prog, run_or_exit, setup_logging
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hpa_tf.data.download")  # not __name__: "__main__" under python -m
 
 BASE_URL = "http://v18.proteinatlas.org/images"  # {BASE_URL}/{antibody}/{plate_well_field}_{color}.jpg
 CONCURRENCY = 8  # the original's 8 workers
@@ -319,13 +319,18 @@ class Tally:
         return self.unanswered_in_a_row >= self.give_up_after
 
     def summary(self, folder: Path) -> str:
+        """The run's last line: its counts, and what the folder holds (projected to the whole list)."""
         kept = self.downloaded + self.skipped
-        line = (f"downloaded {self.downloaded} files ({self.bytes_downloaded / 1e6:.1f} MB), skipped "
-                f"{self.skipped} already whole, failed {len(self.failed)}; {folder} holds {kept} of "
-                f"{self.total} files ({self.bytes_kept / 1e9:.2f} GB)")
+        line = (f"downloaded {self.downloaded} ({_size(self.bytes_downloaded)}), skipped {self.skipped} "
+                f"already whole, failed {len(self.failed)}; {folder} holds {kept} of {self.total} files "
+                f"({_size(self.bytes_kept)}")
         if 0 < kept < self.total:
-            line += f", about {self.bytes_kept / kept * self.total / 1e9:.1f} GB when complete"
-        return line
+            line += f"; about {_size(self.bytes_kept / kept * self.total)} when complete"
+        return line + ")"
+
+
+def _size(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def download(data_dir: str | Path, base_url: str = BASE_URL, concurrency: int = CONCURRENCY,
