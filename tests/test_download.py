@@ -244,8 +244,22 @@ def test_a_base_url_that_does_not_answer_is_one_error_after_the_retries(tiny_dat
                           "--concurrency", "2", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: {url} does not answer: 2 files in a row got no response (the last, {url}/")
+    assert err.startswith(f"error: {url} does not answer: 2 files in a row failed after their retries (the "
+                          f"last, {url}/")
     assert "ConnectError" in err and "(3 attempts)" in err and "0 files were downloaded" in err
+    assert _jpgs(tmp_path) == {} and not temporaries(tmp_path)
+
+
+def test_a_server_that_fails_every_file_ends_the_run(tiny_dataset, server, tmp_path, capsys):
+    ids = _dataset(tiny_dataset, tmp_path, 4)
+    server.faults = {_url_path(i, c): ["500"] * 2 for i in ids for c in COLORS}
+    code = download.main(["--data-dir", str(tmp_path), "--base-url", server.url, "--retries", "1",
+                          "--backoff", "0", "--concurrency", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {server.url} keeps failing: 3 files in a row failed after their retries")
+    assert "HTTP 500 (2 attempts)" in err and "0 files were downloaded" in err
+    assert len(server.take_requests()) <= 2 * 3 * 2  # the files queued (2 x concurrency), not all 16
     assert _jpgs(tmp_path) == {} and not temporaries(tmp_path)
 
 

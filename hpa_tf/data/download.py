@@ -5,9 +5,10 @@ from the HPA v18 image server into external/jpg/, several requests at once, resu
 
 Files already there and whole (JPEG start and end markers; with --verify a full decode) are skipped.
 Timeouts, connection errors and 5xx responses are retried with exponential backoff; a 429 pauses every
-request for as long as its Retry-After asks; a 404 (any other 4xx) is recorded at once. A file is written
-atomically and kept only when it decodes. The files that failed go to external/download_failed.csv, the
-command exits 2 naming how many, and a rerun fetches just the missing ones.
+request for as long as its Retry-After asks; a 404 (any other 4xx) is recorded at once; a server that fails
+file after file ends the run. A file is written atomically and kept only when it decodes. The files that
+failed go to external/download_failed.csv, the command exits 2 naming how many, and a rerun fetches just
+the missing ones.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Outcome:
     status: str
     size: int = 0  # bytes of the file kept
     reason: str = ""
-    unanswered: bool = False  # failed without a single HTTP response (timeouts, connection errors)
+    retried_out: bool = False  # failed after all its attempts (not a 404 or an error page, failed at once)
+    unanswered: bool = False  # and without a single HTTP response (timeouts, connection errors)
 
 
 # ------------------------------------------------------------------------------------------ the Id list
@@ -223,7 +225,7 @@ class Fetcher:
             if attempt < self.retries:
                 self.sleep(result.delay if result.delay is not None else self._backoff(attempt))
         return Outcome(job, "failed", reason=f"{result.reason} ({self.retries + 1} attempts)",
-                       unanswered=not answered)
+                       retried_out=True, unanswered=not answered)
 
     def _kept_size(self, job: Job) -> int:
         """The size of the file already there if it is whole, else 0 (a damaged one is said so)."""
@@ -242,6 +244,8 @@ class Fetcher:
             return _Attempt(reason=f"timed out ({type(error).__name__})", answered=False)
         except httpx.TransportError as error:
             return _Attempt(reason=f"{type(error).__name__}: {error}", answered=False)
+        except httpx.RequestError as error:  # too many redirects, a body that does not decode
+            return _Attempt(reason=f"{type(error).__name__}: {error}")
         status = response.status_code
         if status == 200 and not response.content.startswith(JPEG_START):  # an error page, not a cut
             kind = response.headers.get("Content-Type", "no Content-Type")
@@ -290,23 +294,23 @@ def each_done(fetch: Callable[[Job], Outcome | None], jobs: Iterable[Job], concu
 
 @dataclass
 class Tally:
-    """The counts of a run so far, and when a server that stopped answering ends it."""
+    """The counts of a run so far, and when a server that fails everything ends it."""
 
     total: int
-    give_up_after: int  # this many files in a row failed without an HTTP response: the server is gone
+    give_up_after: int  # this many files in a row failed after all their retries: the server is down
     downloaded: int = 0
     skipped: int = 0
     bytes_downloaded: int = 0
     bytes_kept: int = 0
-    unanswered_in_a_row: int = 0
+    failing_in_a_row: int = 0
     failed: list[Outcome] = field(default_factory=list)
 
     def add(self, outcome: Outcome) -> None:
         if outcome.status == "failed":
             self.failed.append(outcome)
-            self.unanswered_in_a_row = self.unanswered_in_a_row + 1 if outcome.unanswered else 0
+            self.failing_in_a_row = self.failing_in_a_row + 1 if outcome.retried_out else 0
             return
-        self.unanswered_in_a_row = 0
+        self.failing_in_a_row = 0
         self.bytes_kept += outcome.size
         if outcome.status == "downloaded":
             self.downloaded += 1
@@ -315,8 +319,8 @@ class Tally:
             self.skipped += 1
 
     @property
-    def server_gone(self) -> bool:
-        return self.unanswered_in_a_row >= self.give_up_after
+    def server_down(self) -> bool:
+        return self.failing_in_a_row >= self.give_up_after
 
     def summary(self, folder: Path) -> str:
         """The run's last line: its counts, and what the folder holds (projected to the whole list)."""
@@ -377,7 +381,7 @@ def _check_url(base_url: str) -> None:
 def _run(fetch: Fetcher, jobs: list[Job], concurrency: int, tally: Tally, base_url: str,
          progress: bool) -> None:
     """Fetch the jobs into the tally under a progress bar (files/s, MB/s); DownloadError ends it early when
-    the server stops answering."""
+    the server does not answer or fails every file."""
     start = time.perf_counter()
     outcomes = each_done(fetch, jobs, concurrency)
     try:
@@ -388,12 +392,12 @@ def _run(fetch: Fetcher, jobs: list[Job], concurrency: int, tally: Tally, base_u
                 bar.update()
                 rate = tally.bytes_downloaded / 1e6 / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix_str(f"{rate:.1f} MB/s, {len(tally.failed)} failed", refresh=False)
-                if tally.server_gone:
+                if tally.server_down:
+                    state = "does not answer" if outcome.unanswered else "keeps failing"
                     raise DownloadError(
-                        f"{base_url} does not answer: {tally.unanswered_in_a_row} files in a row got no "
-                        f"response (the last, {outcome.job.url}: {outcome.reason}); {tally.downloaded} "
-                        "files were downloaded, nothing partial was kept. Run the command again when it "
-                        "answers")
+                        f"{base_url} {state}: {tally.failing_in_a_row} files in a row failed after their "
+                        f"retries (the last, {outcome.job.url}: {outcome.reason}); {tally.downloaded} files "
+                        "were downloaded, nothing partial was kept. Run the command again later")
     finally:
         fetch.stop.set()  # before the pool is joined: its waits and queued jobs end at once
         outcomes.close()
