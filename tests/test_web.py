@@ -299,12 +299,13 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(curation, tmp_path):
-    """The app served by uvicorn on 127.0.0.1 in a thread; yields its address."""
+    """The app served by uvicorn on 127.0.0.1 in a thread, as a shared page (with TOKEN); yields its
+    address."""
     import uvicorn
 
     curation.corrections = tmp_path / "corrections.csv"
     port = _free_port()
-    running = uvicorn.Server(uvicorn.Config(create_app(curation), host="127.0.0.1", port=port,
+    running = uvicorn.Server(uvicorn.Config(create_app(curation, token=TOKEN), host="127.0.0.1", port=port,
                                             log_level="warning"))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -321,8 +322,10 @@ def server(curation, tmp_path):
                     reason="needs the OS's Chromium and its driver (apt-get install chromium "
                            "chromium-driver; .ci/run installs them)")
 def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_runs):
-    """Search the planted test copy, see its HPAv18 original first among the neighbours, correct the
-    labels, find the decision in the CSV."""
+    """Refused without the token, then opened with it; search the planted test copy, see its HPAv18
+    original first among the neighbours; open the first replaced image from the front page's queue, its
+    checkboxes ticked with its labels, tick others and save, go on to the next; find the decision in the
+    CSV and the queue's progress."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -331,6 +334,8 @@ def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_
 
     root, _ = trained_runs
     original, copy = _planted_copy(root)
+    truth = pd.read_csv(DataLayout(root).test_truth_csv, dtype=str).set_index("Id")["Target"]
+    replaced = _expected_queues(curation)["replaced"]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -339,6 +344,9 @@ def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_
     try:
         wait = WebDriverWait(browser, 30)
         browser.get(server + "/")
+        refused = browser.find_element(By.ID, "error").text
+        assert "needs its access token and the request had no token" in refused
+        browser.get(f"{server}/?token={TOKEN}")
         browser.find_element(By.ID, "image-id").send_keys(copy)
         browser.find_element(By.ID, "go").click()
         wait.until(expected_conditions.presence_of_element_located((By.ID, "neighbours")))
@@ -347,13 +355,28 @@ def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_
         images = browser.find_elements(By.CSS_SELECTOR, ".views img")
         assert len(images) == 5 and all(browser.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
-        field = browser.find_element(By.ID, "labels")
-        field.clear()
-        field.send_keys("25 2")
+
+        browser.get(server + "/")  # the token is in the cookie now
+        assert browser.find_element(By.ID, "progress-replaced").text == f"0 decided / {len(replaced)}"
+        browser.find_elements(By.CSS_SELECTOR, "#queue-replaced a.queue-link")[0].click()
+        wait.until(expected_conditions.presence_of_element_located((By.ID, "queue-nav")))
+        assert browser.find_element(By.ID, "image").text.startswith(replaced[0])
+        boxes = browser.find_elements(By.CSS_SELECTOR, "#labels input[type=checkbox]")
+        names = [label.text for label in browser.find_elements(By.CSS_SELECTOR, "#labels label.class")]
+        assert len(boxes) == 28 and names == [f"{c} {name}" for c, name in enumerate(LABEL_NAMES)]
+        assert [int(box.get_attribute("value")) for box in boxes if box.is_selected()] == \
+            parse_target(truth[replaced[0]])
+        for box in boxes:
+            if box.is_selected() != (box.get_attribute("value") in ("2", "25")):
+                box.click()
         browser.find_element(By.ID, "save").click()
         wait.until(expected_conditions.presence_of_element_located((By.ID, "saved")))
         assert browser.find_element(By.ID, "saved").text == "Saved: 2 25"
+        browser.find_element(By.ID, "queue-next").click()
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "image"), replaced[1]))
+        browser.get(server + "/")
+        assert browser.find_element(By.ID, "progress-replaced").text == f"1 decided / {len(replaced)}"
     finally:
         browser.quit()
     rows = pd.read_csv(Path(curation.corrections), dtype=str, keep_default_na=False)
-    assert rows[["Id", "Target", "who"]].values.tolist() == [[copy, "2 25", "tester"]]
+    assert rows[["Id", "Target", "who"]].values.tolist() == [[replaced[0], "2 25", "tester"]]
