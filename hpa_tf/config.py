@@ -203,6 +203,7 @@ class InferenceConfig:
     port: int = 8000
     corrections: str = "corrections.csv"  # where the curators' decisions are appended
     curator: str | None = None  # who decides: the login name
+    token: str | None = None  # --serve's access token; None: a random one where host is not loopback
     progress: bool = True
 
     @property

@@ -92,6 +92,11 @@ def multihot_to_target(vector: np.ndarray, threshold: float = 0.5) -> str:
     return format_target(np.flatnonzero(vector > threshold))
 
 
+def describe_labels(classes: Iterable[int]) -> str:
+    """Classes by number and name for people, e.g. "0 Nucleoplasm, 25 Cytosol" ("" for none)."""
+    return ", ".join(f"{c} {LABEL_NAMES[c]}" for c in parse_target(format_target(classes)))
+
+
 def targets_to_matrix(targets: Iterable[str]) -> np.ndarray:
     """Many Target strings -> float32 [N, 28] multi-hot matrix."""
     rows = [target_to_multihot(t) for t in targets]

@@ -1,13 +1,17 @@
 """The label-noise report and nearest annotated images on hand-made pools: hand-computed disagreements,
 the neighbour rule (same antibody, or very high similarity), the calibrated similarity against brute
-force."""
+force; decisions appended by two processes at once."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from hpa_tf.curation.corrections import COLUMNS, read_corrections
 from hpa_tf.curation.pool import AnnotatedPool, Query, nearest_annotated
 from hpa_tf.curation.report import calibrate_similarity, label_noise_report
 from hpa_tf.embeddings import l2_normalize
@@ -89,3 +93,31 @@ def test_nearest_annotated_leaves_the_query_out_and_orders_by_cosine():
     assert rows.tolist() == brute[:5]
     np.testing.assert_allclose(cosines, pool.space[brute[:5]] @ pool.space[30], rtol=1e-6)
     assert set(pool.frame["antibody"].iloc[rows[:3]]) == {"7"}  # its mates first
+
+
+WRITER = """
+import pathlib, sys, time
+from hpa_tf.curation.corrections import append_correction
+path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder = pathlib.Path(path).parent
+(folder / f"{name}.ready").touch()
+while not all((folder / f"{other}.ready").exists() for other in ("a", "b")):
+    time.sleep(0.01)
+for i in range(n):
+    append_correction(path, f"{name}-{i}", [i % 28], [0], name)
+"""
+
+
+def test_two_processes_appending_at_once_lose_no_decision(tmp_path):
+    """Two processes, started together (each waits until the other is ready), append 150 decisions each
+    to one file: each decision is in it exactly once, in its writer's order, under one header."""
+    path, n = tmp_path / "corrections.csv", 150
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, str(n)]) for name in "ab"]
+    assert [writer.wait() for writer in writers] == [0, 0]
+    rows = read_corrections(path)
+    assert rows.columns.tolist() == COLUMNS and len(rows) == 2 * n
+    for name in "ab":
+        mine = rows[rows["who"] == name]
+        assert mine["Id"].tolist() == [f"{name}-{i}" for i in range(n)]
+        assert mine["Target"].tolist() == [str(i % 28) for i in range(n)]
+    assert path.read_text().count("Id,Target") == 1

@@ -103,7 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start the curators' web page: search an image or pick one from the noise report, see it, "
              "its nearest annotated images and the classifier's prediction, accept or edit its labels "
              "(appended to --corrections); stops with Ctrl+C")
-    add("--host", default=d.host, help="--serve: the address to bind (default: this machine only)")
+    add("--host", default=d.host,
+        help="--serve: the address to bind (default: this machine only); any other (e.g. 0.0.0.0, every "
+             "address of the machine) requires the access token, printed at start as a URL")
+    add("--token", default=d.token,
+        help="--serve: the access token requests must carry (?token=... once, then a cookie); default: a "
+             "random one printed at start where --host is not a loopback address, none on loopback")
     add("--port", type=int, default=d.port, help="--serve: the port")
     add("--corrections", default=d.corrections,
         help="--serve: the CSV the decisions are appended to (Id, Target, previous, who, when; "

@@ -1,6 +1,7 @@
 """Curators' label decisions: one row per decision (Id, Target, previous, who, when) appended atomically
-to a CSV. Its Id and Target columns are those of raw/train_extra.csv, so `prepare` can take the file as
-label corrections (README "Galleries and the label-noise report")."""
+to a CSV, under a file lock so that several `--serve` processes on one file lose none. Its Id and Target
+columns are those of raw/train_extra.csv, so `prepare` can take the file as label corrections (README
+"Galleries and the label-noise report")."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from hpa_tf.atomic import write_bytes_atomic
 from hpa_tf.errors import DataError
@@ -18,6 +20,7 @@ from hpa_tf.labels import NUM_CLASSES, format_target
 from hpa_tf.layout import validate_id
 
 COLUMNS = ["Id", "Target", "previous", "who", "when"]
+LOCK_WAIT_S = 60  # how long a decision waits for another process's write before it is refused
 
 
 def parse_labels(text: str) -> list[int]:
@@ -34,8 +37,9 @@ def parse_labels(text: str) -> list[int]:
 
 def append_correction(path: str | Path, image_id: str, labels: list[int], previous: list[int] | None,
                       who: str, when: datetime | None = None) -> dict:
-    """Append one decision to the corrections CSV (created with its header), atomically: a reader sees
-    the file with or without the row, never half of it. Returns the row."""
+    """Append one decision to the corrections CSV (created with its header), atomically and under the
+    file lock PATH.lock: a reader sees the file with or without the row, never half of it, and a writer in
+    another process waits. Returns the row."""
     path = Path(path)
     row = {"Id": validate_id(image_id), "Target": format_target(labels),
            "previous": format_target(previous) if previous is not None else "",
@@ -43,12 +47,21 @@ def append_correction(path: str | Path, image_id: str, labels: list[int], previo
            "when": (when or datetime.now(UTC)).isoformat(timespec="seconds")}
     text = io.StringIO()
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-    if not path.is_file() or path.stat().st_size == 0:
-        writer.writeheader()
     writer.writerow(row)
-    old = path.read_bytes() if path.is_file() else b""
-    write_bytes_atomic(path, old + text.getvalue().encode())
+    try:
+        with FileLock(lock_path(path), timeout=LOCK_WAIT_S):
+            old = path.read_bytes() if path.is_file() else b""
+            header = "" if old else ",".join(COLUMNS) + "\n"
+            write_bytes_atomic(path, old + (header + text.getvalue()).encode())
+    except Timeout:
+        raise DataError(f"{lock_path(path)} was held for {LOCK_WAIT_S} s by another process: the decision "
+                        "was not written, try again") from None
     return row
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file beside a corrections CSV (PATH.lock), shared by every process writing to it."""
+    return Path(f"{path}.lock")
 
 
 def read_corrections(path: str | Path) -> pd.DataFrame:
