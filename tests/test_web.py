@@ -4,7 +4,9 @@ taken by prepare."""
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import shutil
 import socket
 import threading
@@ -17,13 +19,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
 from hpa_tf.curation.corrections import COLUMNS, parse_labels
 from hpa_tf.curation.web import REPORT_PAGE, create_app, open_curation
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import DataError
-from hpa_tf.labels import parse_target
+from hpa_tf.labels import LABEL_NAMES, parse_target
 from hpa_tf.layout import DataLayout
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -73,6 +76,21 @@ def test_pages_show_an_image_its_neighbours_and_record_a_correction(curation, tr
     np.testing.assert_array_equal(green, read_rgby(DataLayout(root), copy, "png", "test")[..., 1])
     composite = Image.open(io.BytesIO(client.get(f"/png/{copy}/composite").content))
     assert composite.mode == "RGB" and composite.size == green.shape[::-1]
+    query = curation.query(copy)  # a map of each predicted label, each the composite under its Grad-CAM
+    prediction = curation.predictions.of(query)
+    assert f"({prediction.source})" in html.unescape(page) and prediction.labels
+    section = page.split('<section id="explanations">', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'src="/explain/([^"]+)"', section) == [f"{copy}/{c}.png" for c in prediction.labels]
+    maps = curation.explanations.maps(query, prediction.labels)
+    for c in prediction.labels:
+        served = client.get(f"/explain/{copy}/{c}.png")
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(served.content))),
+                                      viz.heatmap_overlay(np.asarray(composite), maps[c]))
+    for path, message in ((f"/explain/{copy}/28.png", "class 28 is not a class number 0..27"),
+                          ("/explain/unknown-id/0.png", "unknown-id is in none of the embedding files")):
+        refused = client.get(path)
+        assert refused.status_code == 404 and message in refused.text
 
     saved = client.post(f"/image/{copy}/labels", data={"labels": "27 0", "who": "ann"},
                         follow_redirects=False)
@@ -195,6 +213,11 @@ def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_
         images = browser.find_elements(By.CSS_SELECTOR, ".views img")
         assert len(images) == 5 and all(browser.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+        predicted = curation.predictions.of(curation.query(copy)).labels  # a map per predicted label
+        maps = browser.find_elements(By.CSS_SELECTOR, "#explanations img.explanation")
+        assert [m.get_attribute("alt") for m in maps] == [LABEL_NAMES[c] for c in predicted]
+        wait.until(lambda _: all(browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", m) for m in maps))
         field = browser.find_element(By.ID, "labels")
         field.clear()
         field.send_keys("25 2")
