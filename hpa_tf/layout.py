@@ -288,8 +288,9 @@ def run_dataset(config: RunConfig) -> DataLayout:
 
 
 @dataclass(frozen=True)
-class SubmissionFiles:
-    """The submission CSV (`python infer.py --submission --output OUTPUT`) and its side files."""
+class ProbabilityFiles:
+    """The probability side files of a command's output file (OUTPUT.prob.npy, .prob_ids.csv,
+    .thresholds.npy): what the curators' pages read instead of predicting again."""
 
     output: Path
 
@@ -298,6 +299,26 @@ class SubmissionFiles:
 
     def _side(self, suffix: str) -> Path:
         return self.output.with_suffix(suffix)
+
+    @property
+    def probabilities(self) -> Path:
+        """OUTPUT.prob.npy: float [N, 28], a row per Id of prob_ids."""
+        return self._side(".prob.npy")
+
+    @property
+    def prob_ids(self) -> Path:
+        """OUTPUT.prob_ids.csv: the Ids of the probability rows, in row order."""
+        return self._side(".prob_ids.csv")
+
+    @property
+    def thresholds(self) -> Path:
+        """OUTPUT.thresholds.npy: the 28 per-class thresholds fitted on these probabilities."""
+        return self._side(".thresholds.npy")
+
+
+class SubmissionFiles(ProbabilityFiles):
+    """The submission CSV (`python infer.py --submission --output OUTPUT`) and its side files; its
+    probabilities are the fold-mean TTA ones after duplicate means, rows in sample_submission order."""
 
     @property
     def steps(self) -> Path:
@@ -315,24 +336,34 @@ class SubmissionFiles:
         """OUTPUT.serving.json: what the exported classifier computes (thresholds, TTA combination, views)."""
         return self._side(".serving.json")
 
-    @property
-    def probabilities(self) -> Path:
-        """OUTPUT.prob.npy: the fold-mean TTA probabilities after duplicate means (rows: prob_ids)."""
-        return self._side(".prob.npy")
-
     def fold_probabilities(self, fold_folder: str | Path) -> Path:
         """OUTPUT.fold<k>.prob.npy: one fold's TTA probabilities."""
         return self._side(f".{Path(fold_folder).name}.prob.npy")
 
-    @property
-    def prob_ids(self) -> Path:
-        """OUTPUT.prob_ids.csv: the Ids of the probability rows (sample_submission order)."""
-        return self._side(".prob_ids.csv")
+
+class ValidationFiles(ProbabilityFiles):
+    """The side files of `python infer.py --validate --validation-csv CSV`: the folds' out-of-fold TTA
+    probabilities (prob_ids: Id and fold) and the thresholds the validation table fitted on them."""
+
+
+@dataclass(frozen=True)
+class PredictionCache:
+    """The curators' page's cached predictions of images that no submission or validation predicted:
+    RUNS/RUN/page_predictions/<Id>.json beside the classifier run's folds (derived: rebuilt when damaged
+    or made by other checkpoints)."""
+
+    run: Path
+
+    def __init__(self, run: str | Path):
+        object.__setattr__(self, "run", Path(run))
 
     @property
-    def thresholds(self) -> Path:
-        """OUTPUT.thresholds.npy: the 28 fitted per-class thresholds."""
-        return self._side(".thresholds.npy")
+    def folder(self) -> Path:
+        return self.run / "page_predictions"
+
+    def file(self, image_id: str) -> Path:
+        """The cached prediction of one image."""
+        return self.folder / f"{validate_id(image_id)}.json"
 
 
 def _file(image_id: str, color: str, extension: str) -> str:

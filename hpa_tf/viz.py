@@ -1,5 +1,6 @@
-"""Pictures for people: RGBY composites, tile galleries with coloured captions (nearest annotated images,
-the label-noise report), the per-class F1 bar chart and training curves from a run's CSV log.
+"""Pictures for people: RGBY composites, class activation maps over them, tile galleries with coloured
+captions (nearest annotated images, the label-noise report), the per-class F1 bar chart and training curves
+from a run's CSV log.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display needed); every PNG is
 written atomically and has an exact, predictable pixel size.
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,6 +27,7 @@ TILE_PX = 192  # image side of a gallery tile
 LINE_PX = 12  # one caption line
 CAPTION_LINES = 8  # caption rows under each tile (longer captions are cut with "...")
 FONT_PT = 7
+HEATMAP, HEAT_OPACITY = "jet", 0.6  # class activation maps: colour map, opacity where the map is highest
 # caption colours: a label both true and predicted / only true (missed) / only predicted (wrongly added)
 CORRECT, MISSED, ADDED, PLAIN = "#1a7f37", "#cf222e", "#d4760a", "#202020"
 
@@ -38,6 +41,23 @@ def rgby_to_rgb(image: np.ndarray) -> np.ndarray:
     red, green, blue, yellow = np.moveaxis(image, -1, 0)
     rgb = np.stack([red + yellow / 2, green + yellow / 2, blue], axis=-1)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map [h, w] resized (bilinear, pixel centres aligned) to size (height, width): float32."""
+    image = Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32))
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def heatmap_overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3]: a class activation map [h, w] (>= 0) scaled to its maximum, upsampled to the
+    image and coloured (HEATMAP) over it, opaque in proportion to the map: where it is 0, the image as is."""
+    heat = upsample(heat, rgb.shape[:2])
+    peak = float(heat.max())
+    heat = np.clip(heat / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heat)
+    colour = matplotlib.colormaps[HEATMAP](heat)[..., :3] * 255.0
+    alpha = HEAT_OPACITY * heat[..., None]
+    return np.round((1.0 - alpha) * rgb + alpha * colour).astype(np.uint8)
 
 
 def label_lines(true: list[int] | None, predicted: list[int] | None,

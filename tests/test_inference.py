@@ -14,10 +14,10 @@ from hpa_tf.embeddings import load_embeddings, matching_space, save_embeddings
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.neighbours import NeighbourIndex, replace_labels, threshold_sweep
 from hpa_tf.inference.postprocess import leak_replace
-from hpa_tf.inference.predict import duplicate_groups, group_mean, tta_probabilities
+from hpa_tf.inference.predict import duplicate_groups, group_mean, read_probabilities, tta_probabilities
 from hpa_tf.inference.submission import write_submission
 from hpa_tf.labels import parse_target, targets_to_matrix
-from hpa_tf.layout import DataLayout
+from hpa_tf.layout import DataLayout, ValidationFiles
 from hpa_tf.models.loading import load_classifier
 
 
@@ -270,6 +270,10 @@ def test_infer_validate_scores_the_out_of_fold_predictions(trained_runs, tmp_pat
     truth, probs = np.concatenate(truth), np.concatenate(probs)
     expected = f1_score(truth, probs > 0.5, average="macro", zero_division=0)
     assert table.loc["macro", "f1 0.5"] == pytest.approx(expected, abs=1e-6)
+    ids, oof, thresholds = read_probabilities(ValidationFiles(table_path))  # beside it, for the pages
+    assert ids == [i for fold in (0, 1) for i in split_frames(layout, config.split, fold)[1]["Id"]]
+    np.testing.assert_allclose(oof, probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(thresholds, table["threshold"].iloc[:28])
     assert len(table) == 30 and table.index[0] == "Nucleoplasm"
     assert infer.main(["--validate", "--runs", str(out), "--run", "nothing"]) == 2
     assert "no trained fold" in capsys.readouterr().err
@@ -379,7 +383,10 @@ def test_infer_gallery_of_a_planted_test_copy(trained_runs, tmp_path, capsys):
     original with the same labels."""
     from PIL import Image
 
+    from hpa_tf.config import InferenceConfig
     from hpa_tf.curation import pool as curation
+    from hpa_tf.curation.predictions import ImagePredictions
+    from hpa_tf.inference.runs import resolve
     from hpa_tf.viz import gallery_size
 
     root, out = trained_runs
@@ -389,11 +396,13 @@ def test_infer_gallery_of_a_planted_test_copy(trained_runs, tmp_path, capsys):
     assert infer.main(args) == 0
     path = tmp_path / f"gallery_{query_id}.png"
     assert f"gallery written to {path}" in capsys.readouterr().out
-    with Image.open(path) as png:
-        assert png.size == gallery_size(5, 1) == (5 * 192, 192 + 8 * 12)
     layout = DataLayout(root)
     pool = curation.annotated_pool(out / "metric_demo", layout)
     query = curation.find_query(pool, out / "metric_demo", layout, query_id)
+    config = InferenceConfig(runs=str(out))
+    predicted = ImagePredictions(config, resolve(config)).of(query).labels
+    with Image.open(path) as png:  # a second row: the Grad-CAM map of each predicted label
+        assert png.size == gallery_size(max(5, len(predicted)), 2)
     truth = pd.read_csv(layout.test_truth_csv, dtype=str).set_index("Id")["Target"]
     assert query.true == parse_target(truth[query_id]) and query.kaggle_split == "test"
     rows, cosines = curation.nearest_annotated(pool, query, 4)

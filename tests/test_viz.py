@@ -73,3 +73,23 @@ def test_training_curves_and_f1_chart_are_written(tmp_path):
     pd.DataFrame({"epoch": []}).to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(ValueError, match="no epochs"):
         viz.training_curves(tmp_path / "empty.csv", tmp_path / "x.png")
+
+
+def test_upsample_keeps_the_axes_and_a_constant_map():
+    assert viz.upsample(np.zeros((2, 3)), (10, 20)).shape == (10, 20)
+    np.testing.assert_allclose(viz.upsample(np.full((4, 4), 0.5), (64, 48)), 0.5, rtol=1e-6)
+    ramp = viz.upsample(np.array([[0.0, 1.0]]), (1, 8))[0]  # columns, left to right
+    assert ramp[0] == 0.0 and ramp[-1] == 1.0 and (np.diff(ramp) >= 0).all()
+
+
+def test_heatmap_overlay_colours_the_image_only_where_the_map_is_high():
+    rgb = np.full((64, 64, 3), 100, np.uint8)
+    np.testing.assert_array_equal(viz.heatmap_overlay(rgb, np.zeros((4, 4))), rgb)  # nothing to show
+    heat = np.zeros((4, 4))
+    heat[0, 3] = 2.0  # the top right cell
+    out = viz.heatmap_overlay(rgb, heat)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    changed = (out != rgb).any(axis=-1)
+    assert changed[:8, 56:].all() and not changed[24:].any() and not changed[:, :40].any()
+    # at the peak: 40 % the image, 60 % the colour map's top (jet: dark red, 0.5, 0, 0)
+    np.testing.assert_allclose(out[0, 63], [0.4 * 100 + 0.6 * 127.5, 40, 40], atol=1)

@@ -101,13 +101,27 @@ def test_pages_show_an_image_its_neighbours_and_record_a_correction(curation, tr
     for c, name in enumerate(LABEL_NAMES):  # 28 named checkboxes
         assert f'name="label" value="{c}" id="label-{c}"' in page
         assert f"> {c} {html.escape(name)}</label>" in page
-    assert '<section id="explanations">' in page  # where explanations of the prediction go
     png = client.get(f"/png/{copy}/green")
     assert png.headers["content-type"] == "image/png"
     green = np.asarray(Image.open(io.BytesIO(png.content)))
     np.testing.assert_array_equal(green, read_rgby(DataLayout(root), copy, "png", "test")[..., 1])
     composite = Image.open(io.BytesIO(client.get(f"/png/{copy}/composite").content))
     assert composite.mode == "RGB" and composite.size == green.shape[::-1]
+    query = curation.query(copy)  # a map of each predicted label, each the composite under its Grad-CAM
+    prediction = curation.predictions.of(query)
+    assert f"({prediction.source})" in html.unescape(page) and prediction.labels
+    section = page.split('<section id="explanations">', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'src="/explain/([^"]+)"', section) == [f"{copy}/{c}.png" for c in prediction.labels]
+    maps = curation.explanations.maps(query, prediction.labels)
+    for c in prediction.labels:
+        served = client.get(f"/explain/{copy}/{c}.png")
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(served.content))),
+                                      viz.heatmap_overlay(np.asarray(composite), maps[c]))
+    for path, message in ((f"/explain/{copy}/28.png", "class 28 is not a class number 0..27"),
+                          ("/explain/unknown-id/0.png", "unknown-id is in none of the embedding files")):
+        refused = client.get(path)
+        assert refused.status_code == 404 and message in refused.text
 
     saved = client.post(f"/image/{copy}/labels", data={"label": ["27", "0"], "who": "ann"},
                         follow_redirects=False)
@@ -355,6 +369,11 @@ def test_a_curator_corrects_a_label_in_a_real_browser(server, curation, trained_
         images = browser.find_elements(By.CSS_SELECTOR, ".views img")
         assert len(images) == 5 and all(browser.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+        predicted = curation.predictions.of(curation.query(copy)).labels  # a map per predicted label
+        maps = browser.find_elements(By.CSS_SELECTOR, "#explanations img.explanation")
+        assert [m.get_attribute("alt") for m in maps] == [LABEL_NAMES[c] for c in predicted]
+        wait.until(lambda _: all(browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", m) for m in maps))
 
         browser.get(server + "/")  # the token is in the cookie now
         assert browser.find_element(By.ID, "progress-replaced").text == f"0 decided / {len(replaced)}"

@@ -1,6 +1,6 @@
 """Galleries for curators: an image beside its nearest annotated images (labels shared with it in green,
-cosines; its predicted labels against the known ones), and the noise report's most disagreeing images
-beside their neighbours."""
+cosines; its predicted labels against the known ones, each with its Grad-CAM map in a second row), and the
+noise report's most disagreeing images beside their neighbours."""
 
 from __future__ import annotations
 
@@ -12,34 +12,15 @@ import pandas as pd
 
 from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
+from hpa_tf.curation.explain import Explanations
 from hpa_tf.curation.pool import AnnotatedPool, Query, find_query, nearest_annotated, open_pool
-from hpa_tf.data import pipeline
+from hpa_tf.curation.predictions import ImagePredictions
 from hpa_tf.data.io import read_rgby
 from hpa_tf.errors import InferenceError
-from hpa_tf.inference.postprocess import apply_thresholds
-from hpa_tf.inference.predict import tta_probabilities
-from hpa_tf.inference.submission import serving_record
 from hpa_tf.labels import parse_target
 from hpa_tf.layout import DataLayout
-from hpa_tf.models.loading import load_classifier
 
 log = logging.getLogger(__name__)
-
-
-def predicted_labels(runs: list[tuple], layout: DataLayout, query: Query, serving: dict) -> list[int]:
-    """The classifier's labels for one image from the fold runs' (model, config) pairs of
-    models.loading.load_classifier, computed as the exported model computes them: the views and TTA
-    combination of the `serving` record (submission.serving_record) per fold, fold mean, its thresholds with
-    the top-1 rule (the submission without the duplicate, leak and neighbour steps)."""
-    frame = pd.DataFrame({"Id": [query.image_id], "External": [str(query.kaggle_split == "external")]})
-    split = "test" if query.kaggle_split == "test" else "train"
-    probs = []
-    for model, config in runs:
-        source = pipeline.Source(layout, config.img_size, split, config.tfrecords)
-        probs.append(tta_probabilities(model, source, frame, config.crop_size, seeds=(0,),
-                                       combine=serving["combine"], views=serving["views"]))
-    thresholds = np.asarray(serving["thresholds"])
-    return np.flatnonzero(apply_thresholds(np.mean(probs, axis=0), thresholds)[0]).tolist()
 
 
 def read_image(layout: DataLayout, image_id: str, kaggle_split: str) -> np.ndarray:
@@ -66,17 +47,20 @@ def _pool_tile(layout: DataLayout, pool: AnnotatedPool, row: int, cosine: float,
 
 
 def gallery(pool: AnnotatedPool, query: Query, layout: DataLayout, k: int, path: str | Path,
-            predicted: list[int] | None = None) -> Path:
+            predicted: list[int] | None = None, explanations: dict[int, np.ndarray] | None = None) -> Path:
     """PNG: the query (true vs predicted labels, missed and added marked) and its k nearest annotated
-    images (labels shared with the query in green, cosine)."""
+    images (labels shared with the query in green, cosine); under them, the query under each map of
+    `explanations` (class -> Grad-CAM map) with the class's name."""
     rows, cosines = nearest_annotated(pool, query, k)
     head = [(f"query {viz.short_id(query.image_id)}", viz.PLAIN)]
-    query_tile = viz.Tile(load_thumbnail(layout, query.image_id, query.kaggle_split),
-                          head + viz.label_lines(query.true, predicted))
+    thumbnail = load_thumbnail(layout, query.image_id, query.kaggle_split)
+    query_tile = viz.Tile(thumbnail, head + viz.label_lines(query.true, predicted))
     highlight = set(query.reference_labels(predicted))
     tiles = [_pool_tile(layout, pool, int(r), float(c), highlight)
              for r, c in zip(rows, cosines, strict=True)]
-    return viz.render_gallery([[query_tile] + tiles], path)
+    maps = [viz.Tile(viz.heatmap_overlay(thumbnail, heat), [(f"Grad-CAM: {viz.LABEL_NAMES[c]}", viz.PLAIN)])
+            for c, heat in (explanations or {}).items()]
+    return viz.render_gallery([[query_tile] + tiles] + ([maps] if maps else []), path)
 
 
 def noise_gallery(report: pd.DataFrame, pool: AnnotatedPool, layout: DataLayout, path: str | Path,
@@ -115,18 +99,20 @@ def gallery_path(figures: str | Path, image_id: str) -> Path:
 
 def write_galleries(config: InferenceConfig, image_ids: list[str]) -> list[Path]:
     """`infer.py --gallery ID ...`: one gallery per image under config.figures, with the classifier folds'
-    prediction where a fold is trained (the metric run's embeddings extracted first where missing)."""
+    prediction (as the curators' page has it: predictions.ImagePredictions) and its Grad-CAM maps where a
+    fold is trained (the metric run's embeddings extracted first where missing)."""
     runs, embedder, pool = open_pool(config, "--gallery")
     if not runs.folds:
         log.warning("note: no trained classifier fold (python train_classifier.py): galleries show no "
                     "prediction")
-    models = [load_classifier(fold.root) for fold in runs.folds]
-    serving = serving_record(config.output) if models else None
+    predictions = ImagePredictions(config, runs)
+    explanations = Explanations(predictions)
     written = []
     for image_id in image_ids:
         query = find_query(pool, embedder.root, runs.data, image_id)
-        predicted = predicted_labels(models, runs.data, query, serving) if models else None
+        prediction = predictions.of(query)
+        predicted = None if prediction is None else prediction.labels
         written.append(gallery(pool, query, runs.data, config.k, gallery_path(config.figures, image_id),
-                               predicted))
+                               predicted, explanations.maps(query, predicted) if predicted else None))
         log.info(f"gallery written to {written[-1]}")
     return written

@@ -1,8 +1,9 @@
 """The curators' web page (`python infer.py --serve`): search an image or pick one from a review queue or
 the noise report; see its RGBY composite and channels, its nearest annotated images, the classifier's
-prediction against the known labels; accept or edit the label set, appended to the corrections CSV.
-FastAPI + Jinja2 pages rendered on the server, served by uvicorn on 127.0.0.1 by default (elsewhere only
-with the access token)."""
+prediction against the known labels (read from the submission's or the validation's probabilities, else
+predicted once and cached) with a Grad-CAM map of each predicted label (loaded after the page); accept or
+edit the label set, appended to the corrections CSV. FastAPI + Jinja2 pages rendered on the server, served
+by uvicorn on 127.0.0.1 by default (elsewhere only with the access token)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from hpa_tf import viz
 from hpa_tf.config import InferenceConfig
 from hpa_tf.curation.access import access_token, cookie_name, presented_token, start_urls, token_accepted
 from hpa_tf.curation.corrections import append_correction, parse_labels, read_corrections
-from hpa_tf.curation.gallery import load_thumbnail, predicted_labels, read_image
+from hpa_tf.curation.explain import Explanations
+from hpa_tf.curation.gallery import load_thumbnail, read_image
 from hpa_tf.curation.pool import AnnotatedPool, Query, find_query, nearest_annotated, open_pool
+from hpa_tf.curation.predictions import ImagePredictions
 from hpa_tf.curation.queues import (
     TITLES,
     ReviewQueue,
@@ -41,10 +44,8 @@ from hpa_tf.curation.queues import (
 from hpa_tf.curation.report import label_noise_report
 from hpa_tf.errors import DataError, HpaTfError, InferenceError
 from hpa_tf.inference.runs import TrainedRuns
-from hpa_tf.inference.submission import serving_record
 from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES, parse_target, targets_to_matrix
 from hpa_tf.layout import COLORS, RunLayout, validate_id
-from hpa_tf.models.loading import load_classifier
 
 log = logging.getLogger(__name__)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -58,8 +59,8 @@ LOCAL_HOSTS = ["127.0.0.1", "localhost"]
 
 @dataclass
 class Curation:
-    """What the pages read: the runs, the annotated pool, the classifier folds (loaded on first use),
-    the noise report (computed on first use) and where decisions go."""
+    """What the pages read: the runs, the annotated pool, the predictions and their explanations, the
+    noise report (computed on first use) and where decisions go."""
 
     config: InferenceConfig
     runs: TrainedRuns
@@ -67,16 +68,10 @@ class Curation:
     pool: AnnotatedPool
     corrections: Path
     curator: str
-    _models: list | None = None
+    predictions: ImagePredictions
+    explanations: Explanations
     _report: pd.DataFrame | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def models(self) -> list:
-        with self.lock:
-            if self._models is None:
-                self._models = [load_classifier(fold.root) for fold in self.runs.folds]
-            return self._models
 
     @property
     def report(self) -> pd.DataFrame:
@@ -113,16 +108,15 @@ def open_curation(config: InferenceConfig) -> Curation:
     """The runs of `config` with the metric run's test, kaggle and ext embeddings (extracted first where
     missing or stale) and their annotated pool."""
     runs, embedder, pool = open_pool(config, "--serve")
+    predictions = ImagePredictions(config, runs)
     return Curation(config, runs, embedder, pool, Path(config.corrections),
-                    config.curator or getpass.getuser())
+                    config.curator or getpass.getuser(), predictions, Explanations(predictions))
 
 
 def image_page(curation: Curation, query: Query) -> dict:
     """The template values of an image's page: its labels, prediction and nearest annotated images."""
-    predicted = None
-    if curation.runs.folds:
-        predicted = predicted_labels(curation.models, curation.runs.data, query,
-                                     serving_record(curation.config.output))
+    prediction = curation.predictions.of(query)
+    predicted = None if prediction is None else prediction.labels
     rows, cosines = nearest_annotated(curation.pool, query, curation.config.k)
     reference = set(query.reference_labels(predicted))
     neighbours = []
@@ -137,26 +131,40 @@ def image_page(curation: Curation, query: Query) -> dict:
             [(c, LABEL_NAMES[c], "same" if predicted is None or c in predicted else "missed") for c in true],
             "predicted": None if predicted is None else
             [(c, LABEL_NAMES[c], "same" if true is None or c in true else "added") for c in predicted],
+            "prediction_source": None if prediction is None else prediction.source,
             "ticked": query.reference_labels(predicted),
             "neighbours": neighbours, "curator": curation.curator}
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A uint8 picture ([H, W] grey or [H, W, 3] RGB) as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def image_png(curation: Curation, query: Query, view: str) -> bytes:
     """A PNG of one view of an image: the RGBY composite as HPA shows it, or one channel in grey."""
     rgby = read_image(curation.runs.data, query.image_id, query.kaggle_split)
-    picture = viz.rgby_to_rgb(rgby) if view == "composite" else rgby[..., COLORS.index(view)]
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(viz.rgby_to_rgb(rgby) if view == "composite" else rgby[..., COLORS.index(view)])
+
+
+def explanation_png(curation: Curation, query: Query, label: int) -> bytes:
+    """A PNG of the composite under the Grad-CAM map of class `label` (with those of the predicted labels,
+    computed together); InferenceError without a trained fold."""
+    prediction = curation.predictions.of(query)
+    if prediction is None:
+        raise InferenceError("no trained classifier fold to explain")
+    maps = curation.explanations.maps(query, sorted({*prediction.labels, label}))
+    rgb = viz.rgby_to_rgb(read_image(curation.runs.data, query.image_id, query.kaggle_split))
+    return png_bytes(viz.heatmap_overlay(rgb, maps[label]))
 
 
 def thumbnail_png(curation: Curation, image_id: str) -> bytes:
     """A PNG of an image's small composite for a list: an annotated image's, else a test image's."""
     row = curation.pool.position(validate_id(image_id))
     split = "test" if row is None else curation.pool.split(row)
-    buffer = io.BytesIO()
-    Image.fromarray(load_thumbnail(curation.runs.data, image_id, split)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(load_thumbnail(curation.runs.data, image_id, split))
 
 
 def queue_rows(queue: ReviewQueue, start: int, stop: int, decided: set[str]) -> list[dict]:
@@ -281,6 +289,16 @@ def create_app(curation: Curation, allowed_hosts: list[str] | None = None, token
         except HpaTfError as error:
             return Response(str(error), status_code=404)
         return Response(image_png(curation, query, view), media_type="image/png")
+
+    @app.get("/explain/{image_id}/{label}.png")
+    def explain(image_id: str, label: int):
+        if not 0 <= label < NUM_CLASSES:
+            return Response(f"class {label} is not a class number 0..{NUM_CLASSES - 1}", status_code=404)
+        try:
+            query = curation.query(image_id)
+            return Response(explanation_png(curation, query, label), media_type="image/png")
+        except HpaTfError as error:
+            return Response(str(error), status_code=404)
 
     @app.post("/image/{image_id}/labels")
     def correct(request: Request, image_id: str, label: Annotated[list[str] | None, Form()] = None,

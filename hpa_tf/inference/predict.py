@@ -1,5 +1,6 @@
 """Classifier predictions (spec 9): dihedral views x seeds per image combined by max (or mean), the fold
-mean, and the mean over groups of test<->test duplicates (spec 2)."""
+mean, and the mean over groups of test<->test duplicates (spec 2); the probability side files that
+`--submission` and `--validate` write and the curators' pages read back."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from hpa_tf.atomic import save_npy_atomic, write_csv_atomic
 from hpa_tf.config import TTA_SEEDS
 from hpa_tf.data import pipeline
 from hpa_tf.errors import InferenceError
+from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.layout import ProbabilityFiles, read_table
 
 COMBINE = {"max": tf.reduce_max, "mean": tf.reduce_mean}
 COMBINE_NUMPY = {"max": np.max, "mean": np.mean}
@@ -115,3 +119,29 @@ def group_mean(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     sums = np.zeros((counts.size, probs.shape[1]))
     np.add.at(sums, inverse, probs)
     return (sums / counts[:, None])[inverse].astype(probs.dtype)
+
+
+def write_probabilities(files: ProbabilityFiles, ids: pd.DataFrame, probs: np.ndarray,
+                        thresholds: np.ndarray) -> None:
+    """The probability side files, each atomically: probabilities [N, 28] (a row per row of `ids`, whose
+    first column is Id), the Ids, and the 28 thresholds fitted on them."""
+    save_npy_atomic(probs, files.probabilities)
+    write_csv_atomic(ids, files.prob_ids)
+    save_npy_atomic(thresholds, files.thresholds)
+
+
+def read_probabilities(files: ProbabilityFiles) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(Ids, probabilities [N, 28], thresholds [28]) of write_probabilities' files; InferenceError naming
+    the file when one is damaged or they do not agree."""
+    try:
+        probs = np.load(files.probabilities, allow_pickle=False)
+        thresholds = np.load(files.thresholds, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # missing, cut short, not .npy, pickled
+        raise InferenceError(f"{files.probabilities} or {files.thresholds} is damaged "
+                             f"({type(error).__name__}: {error})") from None
+    ids = read_table(files.prob_ids, ["Id"], written=True)["Id"].tolist()
+    if probs.shape != (len(ids), NUM_CLASSES) or thresholds.shape != (NUM_CLASSES,) or \
+            not np.isfinite(probs).all():
+        raise InferenceError(f"{files.probabilities}: probabilities {probs.shape} and thresholds "
+                             f"{thresholds.shape} do not fit the {len(ids)} Ids of {files.prob_ids}")
+    return ids, probs, thresholds

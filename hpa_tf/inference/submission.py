@@ -25,6 +25,7 @@ from hpa_tf.inference.predict import (
     duplicate_groups,
     group_mean,
     seed_probabilities,
+    write_probabilities,
 )
 from hpa_tf.inference.runs import TrainedRuns, resolve
 from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_target, targets_to_matrix
@@ -165,9 +166,7 @@ def make_submission(config: InferenceConfig, runs: TrainedRuns) -> dict:
     remove_temporaries(files.output.parent, files.output.stem)  # of a run killed while writing
     for fold, fold_prob in zip(runs.folds, fold_probs, strict=True):
         save_npy_atomic(fold_prob, files.fold_probabilities(fold.root))
-    save_npy_atomic(probs, files.probabilities)  # rows: the Ids of sample_submission
-    write_csv_atomic(test, files.prob_ids)
-    save_npy_atomic(thresholds, files.thresholds)
+    write_probabilities(files, test, probs, thresholds)  # rows: the Ids of sample_submission
     write_json_atomic({"thresholds": served.tolist(), "combine": config.combine, "views": config.views,
                        "ratios": config.ratio_source, "fitted": True}, files.serving)
     labels_per_step = {name: [format_target(parse_target(t)) for t in targets] for name, targets in steps}

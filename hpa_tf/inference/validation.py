@@ -14,10 +14,10 @@ from hpa_tf.atomic import write_csv_atomic
 from hpa_tf.config import TTA_SEEDS, ClassifierConfig, InferenceConfig
 from hpa_tf.data import pipeline
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, ratios
-from hpa_tf.inference.predict import InferenceError, check_images, tta_probabilities
+from hpa_tf.inference.predict import InferenceError, check_images, tta_probabilities, write_probabilities
 from hpa_tf.inference.runs import resolve
 from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES
-from hpa_tf.layout import RunLayout, run_dataset
+from hpa_tf.layout import RunLayout, ValidationFiles, run_dataset
 from hpa_tf.metrics import f1_per_class
 from hpa_tf.models.loading import load_classifier
 from hpa_tf.training.classifier import split_frames
@@ -177,11 +177,14 @@ def read_validation(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def validate(folds, ratio_source: str = "train", seeds=TTA_SEEDS, views=None, combine: str = "max",
              batch_size: int = 4, path: str | Path = "validation.csv") -> tuple[pd.DataFrame, pd.DataFrame]:
     """The folds' OOF predictions scored (ratios from `ratio_source` and the dataset's train_meta.csv,
-    spec 10.1) and written to `path`; returns (summary, per_class)."""
+    spec 10.1) and written to `path`, the probabilities with their Ids, folds and fitted thresholds beside
+    it (layout.ValidationFiles, for the curators' pages); returns (summary, per_class)."""
     frame, probs = out_of_fold(folds, seeds, views, combine, batch_size)
     layout = run_dataset(fold_config(folds[0]))
     target = ratios(ratio_source, pipeline.frame_labels(layout.read_meta("train_meta.csv")))
     summary, per_class = validation_report(pipeline.frame_labels(frame), probs, target, kaggle_rows(frame))
+    write_probabilities(ValidationFiles(path), frame[["Id", "fold"]], probs,
+                        per_class["threshold"].to_numpy())
     write_validation(summary, per_class, path)
     return summary, per_class
 
