@@ -27,6 +27,7 @@ from hpa_tf.config import InferenceConfig
 from hpa_tf.curation import web
 from hpa_tf.curation.access import access_token, start_urls
 from hpa_tf.curation.corrections import COLUMNS, parse_labels
+from hpa_tf.curation.queues import uncertain_queue
 from hpa_tf.curation.web import QUEUE_PREVIEW, REPORT_PAGE, create_app, open_curation
 from hpa_tf.data import prepare
 from hpa_tf.data.io import read_rgby
@@ -248,6 +249,28 @@ def test_review_queues_list_what_to_look_at_with_progress(curation, tmp_path, mo
     assert curation.corrections.read_bytes() == before
     fresh = dataclasses.replace(curation, _report=None)  # the front page does not wait for the report
     assert 'id="pending-noise"' in TestClient(create_app(fresh, allowed_hosts=["testserver"])).get("/").text
+
+
+def test_the_uncertain_queue_says_why_it_is_empty(curation, tmp_path):
+    """Without the submission's probability files, or with one damaged or not fitting the Ids, the queue is
+    empty with a note that names the file and the command that writes it again."""
+    output, written = tmp_path / "s.csv", SubmissionFiles(curation.config.output)
+    files, remedy = SubmissionFiles(output), f"run `python infer.py --submission --output {output}`"
+    missing = uncertain_queue(output)
+    assert missing.rows.empty and missing.note == f"no {files.probabilities} and its side files: {remedy}"
+    for name in ("probabilities", "prob_ids", "thresholds"):
+        shutil.copy(getattr(written, name), getattr(files, name))
+    assert uncertain_queue(output).rows.values.tolist() == \
+        uncertain_queue(curation.config.output).rows.values.tolist()
+    ids = pd.read_csv(files.prob_ids, dtype=str)
+    ids.iloc[:-1].to_csv(files.prob_ids, index=False)  # one Id fewer than probability rows
+    unfit = uncertain_queue(output)
+    assert unfit.rows.empty and f"do not fit the {len(ids) - 1} Ids of {files.prob_ids}" in unfit.note
+    ids.to_csv(files.prob_ids, index=False)
+    files.probabilities.write_bytes(written.probabilities.read_bytes()[:100])  # cut short
+    damaged = uncertain_queue(output)
+    assert damaged.rows.empty and damaged.note.startswith(f"{files.probabilities} or {files.thresholds} "
+                                                          "is damaged") and damaged.note.endswith(remedy)
 
 
 def test_a_shared_page_needs_its_token(curation, tmp_path):

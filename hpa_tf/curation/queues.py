@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa_tf.errors import DataError
+from hpa_tf.errors import DataError, HpaTfError
 from hpa_tf.inference.postprocess import apply_thresholds
-from hpa_tf.labels import NUM_CLASSES, describe_labels, format_target, parse_target
+from hpa_tf.inference.predict import read_probabilities
+from hpa_tf.labels import describe_labels, format_target, parse_target
 from hpa_tf.layout import SubmissionFiles, read_table
 
 QUEUE_LENGTH = 200  # rows of the noise and uncertain queues (the review's head; the report has them all)
@@ -87,18 +88,16 @@ def uncertain_queue(output: str | Path) -> ReviewQueue:
     if not all(path.is_file() for path in needed):
         return _unavailable("uncertain", f"no {files.probabilities} and its side files{remedy}")
     try:
-        ids = read_table(files.prob_ids, ["Id"], remedy=remedy, written=True)["Id"].to_numpy()
-        probs, thresholds = np.load(files.probabilities), np.load(files.thresholds)
-        if probs.shape != (len(ids), NUM_CLASSES) or thresholds.shape != (NUM_CLASSES,):
-            raise ValueError(f"probabilities {probs.shape} for {len(ids)} Ids, thresholds {thresholds.shape}")
-    except (DataError, ValueError, OSError, EOFError) as error:
-        return _unavailable("uncertain", f"{files.probabilities} or a side file is damaged ({error}){remedy}")
+        ids, probs, thresholds = read_probabilities(files)
+    except HpaTfError as error:  # a damaged file, or files that do not agree
+        return _unavailable("uncertain", f"{error}{remedy}")
     nearest, distance = threshold_margins(probs, thresholds)
     order = np.argsort(distance, kind="stable")[:QUEUE_LENGTH]
     labels = apply_thresholds(probs[order], thresholds)
     detail = [f"{describe_labels([c])}: probability {probs[i, c]:.3f}, threshold {thresholds[c]:.3f}"
               for i, c in zip(order, nearest[order], strict=True)]
-    return _queue("uncertain", ids[order], [format_target(np.flatnonzero(r)) for r in labels], detail)
+    return _queue("uncertain", np.asarray(ids)[order], [format_target(np.flatnonzero(r)) for r in labels],
+                  detail)
 
 
 def page_bounds(total: int, page_number: str, size: int) -> tuple[int, int]:
