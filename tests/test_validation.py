@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 
@@ -16,6 +17,7 @@ from sklearn.metrics import f1_score
 from hpa_tf.config import classifier_config
 from hpa_tf.data import pipeline
 from hpa_tf.errors import RunFolderError
+from hpa_tf.inference import validation
 from hpa_tf.inference.postprocess import THRESHOLD_GRID, fit_thresholds
 from hpa_tf.inference.predict import InferenceError, tta_probabilities
 from hpa_tf.inference.validation import (
@@ -151,10 +153,11 @@ def fold_runs(prepared, tmp_path_factory):
     return root, runs, models
 
 
-def test_out_of_fold_is_every_folds_own_validation_prediction(fold_runs, capsys):
+def test_out_of_fold_is_every_folds_own_validation_prediction(fold_runs, caplog):
     root, runs, models = fold_runs
     options = dict(seeds=(0,), views=["default", "fliplr"], combine="mean", batch_size=8)
-    frame, probs = out_of_fold([runs / "fold1", runs / "fold0"], **options)
+    with caplog.at_level(logging.INFO, logger=validation.__name__):  # with or without a command's logging
+        frame, probs = out_of_fold([runs / "fold1", runs / "fold0"], **options)
     layout = DataLayout(root)
     valid = {fold: split_frames(layout, "random_ext_folds5", fold)[1] for fold in (0, 1)}
     assert frame.columns.tolist() == ["Id", "Target", "External", "fold"]
@@ -170,9 +173,9 @@ def test_out_of_fold_is_every_folds_own_validation_prediction(fold_runs, capsys)
     assert not np.allclose(probs[frame["fold"] == 0].mean(0), probs[frame["fold"] == 1].mean(0))
     np.testing.assert_array_equal(kaggle_rows(frame), ~frame["External"].to_numpy(bool))
     assert 0 < kaggle_rows(frame).sum() < len(frame)
-    out = capsys.readouterr().out.splitlines()
-    assert out == [f"{runs / 'fold1'}: TTA probabilities of {len(valid[1])} validation images",
-                   f"{runs / 'fold0'}: TTA probabilities of {len(valid[0])} validation images"]
+    logged = [r.getMessage() for r in caplog.records if r.name == validation.__name__]
+    assert logged == [f"{runs / 'fold1'}: TTA probabilities of {len(valid[1])} validation images",
+                      f"{runs / 'fold0'}: TTA probabilities of {len(valid[0])} validation images"]
     summary, _ = validation_report(pipeline.frame_labels(frame), probs, np.full(28, 0.1), kaggle_rows(frame))
     assert summary[["macro_f1", "macro_f1_kaggle"]].notna().all().all()
 
