@@ -101,6 +101,8 @@ class EmbedderConfig(RunConfig):
     arc_margin: float = 0.5
     nn_every: int = 1  # nearest-neighbour accuracy every this many epochs (0: never)
     arcface_classes: int | None = None  # ArcFace's classes; None: the dataset's antibodies (imported: set)
+    init_from: str | None = None  # a classifier fold (a folder under out_dir, or a path) whose backbone
+    # starts the embedder's: the demo's stand-in for the original's ImageNet start
 
     @property
     def run_name(self) -> str:
@@ -121,8 +123,8 @@ CLASSIFIER_PROFILES: dict[str, dict] = {
 }
 # Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
 EMBEDDER_PROFILES: dict[str, dict] = {
-    "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
-                 epochs=16, lr_scale=10.0),
+    "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=96, batch_size=32, schedule="FaceAdam",
+                 epochs=14, lr_scale=10.0, init_from="demo/fold0", nn_every=2),
     "i768": dict(backbone="resnet50", weights="torchvision", img_size=768, batch_size=32, schedule="FaceAdam",
                  epochs=50, nn_every=5),
 }
@@ -138,8 +140,9 @@ def make_config(kind: type[RunConfig], profiles: dict[str, dict], profile: str, 
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
     values = {**profiles[profile], **{k: v for k, v in overrides.items() if v is not None}}
-    if str(values.get("weights")).lower() == "none":  # the CLI's way to ask for random weights
-        values["weights"] = None
+    for key in ("weights", "init_from"):  # "none": the CLI's way to ask for random weights
+        if key in values and str(values[key]).lower() == "none":
+            values[key] = None
     config = kind(profile=profile, **values)
     config.validate()
     return config
@@ -163,8 +166,9 @@ def saved_config(saved: dict) -> RunConfig:
         (ClassifierConfig, CLASSIFIER_PROFILES)
     fields = {f.name for f in dataclasses.fields(kind)} - {"profile"}
     values = {k: v for k, v in saved.items() if k in fields}
-    if "weights" in values and values["weights"] is None:
-        values["weights"] = "none"  # make_config's word for random weights (None keeps the profile's)
+    for key in ("weights", "init_from"):
+        if key in values and values[key] is None:
+            values[key] = "none"  # make_config's word for random weights (None keeps the profile's)
     return make_config(kind, profiles, saved.get("profile", "demo"), **values)
 
 

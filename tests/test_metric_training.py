@@ -24,8 +24,8 @@ from hpa_tf.embeddings import (
     standardize_columns,
 )
 from hpa_tf.errors import ModelError, RunFolderError, TrainingSetupError
-from hpa_tf.models.loading import load_embedder
-from hpa_tf.training.embedder import VALID_SPLIT, extract, train_embedder
+from hpa_tf.models.loading import build_run_model, load_embedder, load_run
+from hpa_tf.training.embedder import VALID_SPLIT, extract, start_from_classifier, train_embedder
 
 ROOT = Path(__file__).parent.parent
 
@@ -102,7 +102,8 @@ def test_nearest_neighbour_accuracy_on_a_hand_made_case():
 
 
 def _config(root, out, **overrides):
-    values = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=3, verbose=0)
+    values = dict(data_dir=str(root), out_dir=str(out), img_size=64, batch_size=16, epochs=3, verbose=0,
+                  nn_every=1)
     return embedder_config("demo", **{**values, **overrides})
 
 
@@ -195,3 +196,35 @@ def test_cli_help_lists_the_flags(capsys):
 def test_cli_refuses_restart_with_extract(tmp_path, capsys):
     assert _cli().main(["--extract", "test", "--restart", "--out", str(tmp_path), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: --restart trains the run anew; it does not go with")
+
+
+def test_the_embedder_starts_from_the_classifier_folds_backbone(trained_runs, tmp_path, caplog):
+    """--init-from copies the trained fold's backbone weights (the demo's stand-in for ImageNet's); a
+    missing fold leaves the embedder as built, with one warning; another backbone is refused."""
+    root, runs = trained_runs
+    config = _config(root, runs)  # the demo profile: init_from demo/fold0
+    assert config.init_from == "demo/fold0"
+    embedder = build_run_model(config).get_layer("embedder")
+    before = [w.copy() for w in embedder.get_layer(config.backbone).get_weights()]
+    start_from_classifier(embedder, config)
+    classifier, _ = load_run(runs / "demo" / "fold0")
+    expected = classifier.get_layer(config.backbone).get_weights()
+    after = embedder.get_layer(config.backbone).get_weights()
+    assert all(np.array_equal(a, e) for a, e in zip(after, expected, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+
+    missing = _config(root, tmp_path)
+    fresh = build_run_model(missing).get_layer("embedder")
+    weights = [w.copy() for w in fresh.get_weights()]
+    with caplog.at_level("WARNING", logger="hpa_tf.training.embedder"):
+        start_from_classifier(fresh, missing)
+    assert [r.getMessage() for r in caplog.records if "no trained classifier" in r.getMessage()] == [
+        f"no trained classifier in {tmp_path / 'demo' / 'fold0'} to start the embedder from: it starts from "
+        "random weights (train the classifier first, python train_classifier.py --fold 0, or pass "
+        "--init-from none)"]
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), weights, strict=True))
+
+    other = _config(root, runs, backbone="densenet_1_1_1_1")
+    with pytest.raises(TrainingSetupError, match="trained a densenet_2_2_2_2, not the embedder's densenet_1_1"):
+        start_from_classifier(build_run_model(other).get_layer("embedder"), other)
+    assert _config(root, runs, init_from="none").init_from is None

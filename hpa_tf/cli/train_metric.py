@@ -22,12 +22,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "the same command; a finished one is reported, not trained again (--restart trains "
                     "it anew).")
     parser.add_argument("--profile", choices=sorted(EMBEDDER_PROFILES), default=None,
-                        help="demo: small DenseNet embedder from scratch at 64 px, 16 epochs (default "
-                             "without --data-dir); i768: ResNet50 at 768, batch 32, FaceAdam, 50 epochs")
+                        help="demo: small DenseNet embedder at 64 px, 16 epochs, started from the "
+                             "classifier demo's fold 0 (default without --data-dir); i768: ResNet50 at 768, "
+                             "batch 32, FaceAdam, 50 epochs")
     parser.add_argument("--embedding-dim", type=int, default=None, help="feature size (default 512)")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=None,
                         help="the head's dropouts (p .25, .5); off by default, as they were no-ops in the "
                              "original (spec 6.4)")
+    parser.add_argument("--init-from", default=None, metavar="FOLD_DIR",
+                        help="start the embedder's backbone from this trained classifier fold's (a folder "
+                             "under --out, or a path; 'none': the --weights start). The demo starts from "
+                             "demo/fold0, as the original started from ImageNet weights")
     parser.add_argument("--nn-every", type=int, default=None,
                         help="nearest-neighbour val accuracy every N epochs (0: never)")
     parser.add_argument("--extract", nargs="+", metavar="SET",

@@ -33,12 +33,21 @@ _CYCLE_CLASSES = (16, 17)  # cell-cycle patterns: shown by a few cells of the fi
 
 @dataclass(frozen=True)
 class FieldStyle:
-    """Look of one antibody's green stain: shared by all its fields (images)."""
+    """Look of one antibody's green stain, shared by all its fields: what makes two antibodies with the
+    same labels look different in HPA (brightness, the weight of each location, the grain of the stain,
+    faint nonspecific staining, how evenly the cells express it)."""
 
     gain: float  # overall green brightness
     spot_scale: float  # size factor of point-like patterns
     count_scale: float  # count factor of point-like patterns
     texture_phase: float  # phase of the filament textures
+    weights: tuple[float, ...] = (1.0,) * NUM_CLASSES  # each class's brightness (main vs additional)
+    diffuse: float = 0.0  # faint nonspecific staining of the whole cell ...
+    diffuse_nuclear: float = 0.5  # ... and the share of it in the nucleus
+    grain: float = 0.0  # contrast of the stain's granularity ...
+    grain_size: float = 0.05  # ... and the size of its grains (cell radii)
+    spread: float = 0.0  # cell-to-cell variation of expression (0: every cell alike)
+    radial: float = 0.0  # enrichment towards the cell's edge (> 0) or its centre (< 0)
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> FieldStyle:
@@ -47,7 +56,47 @@ class FieldStyle:
             spot_scale=float(rng.uniform(0.8, 1.25)),
             count_scale=float(rng.uniform(0.75, 1.3)),
             texture_phase=float(rng.uniform(0, 2 * np.pi)),
+            weights=tuple(float(w) for w in rng.uniform(0.55, 1.0, NUM_CLASSES)),
+            diffuse=float(rng.uniform(0.0, 0.08)),
+            diffuse_nuclear=float(rng.uniform(0, 1)),
+            grain=float(rng.uniform(0.0, 0.35)),
+            grain_size=float(rng.uniform(0.05, 0.25)),
+            spread=float(rng.uniform(0.0, 0.5)),
+            radial=float(rng.uniform(-1.0, 1.0)),
         )
+
+
+@dataclass(frozen=True)
+class CellLine:
+    """A cell line's morphology and reference staining, shared by every field of a well: relative to the
+    preset's cell layout (density scales the count, size the radius)."""
+
+    name: str
+    density: float
+    size: float
+    aspect: tuple[float, float]  # minor / major axis of the cell
+    nucleus: tuple[float, float]  # nucleus radius / cell radius
+    fibres: tuple[int, int]  # microtubule bundles
+    stains: tuple[float, float, float]  # red, blue, yellow brightness
+
+
+# Names of HPA v18's cell lines; the numbers are a plausible morphology each (U-2 OS large and flat, A-431
+# small epithelial in clusters, U-251 MG elongated, ...), not measurements. The first three are the lines
+# HPA used most.
+CELL_LINES = (
+    CellLine("U-2 OS", 0.8, 1.2, (0.75, 1.0), (0.35, 0.45), (20, 30), (1.0, 0.9, 0.9)),
+    CellLine("A-431", 1.5, 0.8, (0.8, 1.0), (0.5, 0.6), (14, 20), (0.7, 1.0, 1.0)),
+    CellLine("U-251 MG", 1.0, 1.05, (0.45, 0.65), (0.4, 0.5), (18, 26), (0.9, 0.8, 0.7)),
+    CellLine("HeLa", 1.2, 0.95, (0.7, 0.9), (0.45, 0.55), (16, 24), (0.8, 1.0, 0.8)),
+    CellLine("MCF7", 1.6, 0.75, (0.85, 1.0), (0.5, 0.62), (12, 18), (0.6, 0.95, 1.0)),
+    CellLine("CACO-2", 1.8, 0.7, (0.85, 1.0), (0.45, 0.55), (12, 16), (0.65, 0.85, 0.9)),
+    CellLine("HEK 293", 1.7, 0.7, (0.8, 1.0), (0.55, 0.65), (12, 18), (0.55, 1.0, 0.75)),
+    CellLine("SH-SY5Y", 1.3, 0.75, (0.4, 0.6), (0.55, 0.65), (10, 16), (0.9, 1.0, 0.6)),
+    CellLine("BJ", 0.7, 1.25, (0.3, 0.45), (0.3, 0.4), (24, 32), (1.0, 0.75, 0.85)),
+    CellLine("A549", 1.1, 1.0, (0.65, 0.85), (0.42, 0.52), (16, 24), (0.85, 0.9, 1.0)),
+    CellLine("Hep G2", 1.6, 0.8, (0.8, 1.0), (0.45, 0.55), (14, 20), (0.7, 0.95, 0.95)),
+    CellLine("PC-3", 1.0, 1.0, (0.6, 0.8), (0.4, 0.5), (16, 22), (0.95, 0.85, 0.8)),
+)
 
 
 @dataclass(frozen=True)
@@ -73,14 +122,15 @@ class CellLayout:
     radius: tuple[float, float]
 
 
-def draw_cells(rng: np.random.Generator, layout: CellLayout) -> list[Cell]:
-    """Place non-overlapping-ish cells with rejection sampling."""
-    target = int(rng.integers(layout.count[0], layout.count[1] + 1))
+def draw_cells(rng: np.random.Generator, layout: CellLayout, line: CellLine) -> list[Cell]:
+    """Place non-overlapping-ish cells of a cell line with rejection sampling."""
+    low = max(1, round(layout.count[0] * line.density))
+    target = int(rng.integers(low, max(low, round(layout.count[1] * line.density)) + 1))
     centres, radii = [], []
     for _ in range(target * 30):
         if len(centres) == target:
             break
-        radius = rng.uniform(*layout.radius)
+        radius = rng.uniform(*layout.radius) * line.size
         centre = rng.uniform(0.05, 0.95, size=2)
         if all(np.hypot(*(centre - c)) > 1.35 * max(radius, r) for c, r in zip(centres, radii, strict=True)):
             centres.append(centre)
@@ -99,11 +149,11 @@ def draw_cells(rng: np.random.Generator, layout: CellLayout) -> list[Cell]:
                 cx=float(centre[0]),
                 cy=float(centre[1]),
                 radius=float(radius),
-                aspect=float(rng.uniform(0.7, 1.0)),
+                aspect=float(rng.uniform(*line.aspect)),
                 angle=float(rng.uniform(0, np.pi)),
-                nucleus=float(rng.uniform(0.4, 0.55)),
+                nucleus=float(rng.uniform(*line.nucleus)),
                 intensity=float(rng.uniform(0.6, 1.0)),
-                n_fibres=int(rng.integers(16, 28)),
+                n_fibres=int(rng.integers(line.fibres[0], line.fibres[1] + 1)),
                 neighbour=(float(direction[0]), float(direction[1])),
             )
         )
@@ -207,8 +257,9 @@ def _ring_points(rng: np.random.Generator, cell: Cell, n: int, radius: float):
     return (x0[:, None] + r * np.cos(angles)).ravel(), (y0[:, None] + r * np.sin(angles)).ravel()
 
 
-def _reference_stains(canvas: _Canvas, cell: Cell, phase: float) -> dict[str, np.ndarray]:
-    """Paint blue nucleus, red microtubules and yellow ER for one cell; return its local fields."""
+def _reference_stains(canvas: _Canvas, cell: Cell, phase: float, line: CellLine) -> dict[str, np.ndarray]:
+    """Paint blue nucleus, red microtubules and yellow ER for one cell at its line's staining; return its
+    local fields."""
     win = canvas.window(cell)
     if win is None:
         return {}
@@ -223,9 +274,10 @@ def _reference_stains(canvas: _Canvas, cell: Cell, phase: float) -> dict[str, np
     er_net = np.abs(np.sin(11 * u + 4 * v * v + phase) + np.sin(9 * v - 3 * u * u))
     er = cyto * np.exp(-((er_net / 0.45) ** 2) - 1.5 * np.clip(rho - k, 0, None))
     chromatin = 0.85 + 0.15 * np.sin(23 * u + 19 * v * v)
-    canvas.paint("b", region, cell.intensity * nucleus * chromatin)
-    canvas.paint("r", region, cell.intensity * (0.75 * microtubules + 0.12 * cyto))
-    canvas.paint("y", region, cell.intensity * (0.8 * er + 0.1 * cyto))
+    red, blue, yellow = (cell.intensity * gain for gain in line.stains)
+    canvas.paint("b", region, blue * nucleus * chromatin)
+    canvas.paint("r", region, red * (0.75 * microtubules + 0.12 * cyto))
+    canvas.paint("y", region, yellow * (0.8 * er + 0.1 * cyto))
     return dict(region=region, u=u, v=v, rho=rho, phi=phi, rho_n=rho_n, body=body, nucleus=nucleus,
                 cyto=cyto, microtubules=microtubules, er=er)
 
@@ -268,10 +320,11 @@ def _field_pattern(cls: int, f: dict, cell: Cell, style: FieldStyle) -> np.ndarr
 
 
 def _spot_pattern(canvas: _Canvas, rng: np.random.Generator, cls: int, cells: list[Cell],
-                  style: FieldStyle) -> np.ndarray | None:
-    """Green pattern of a point-like class (spots, tubules, rings, bridges), or None."""
-    xs, ys, sigma = [], [], 0.0
-    for cell in cells:
+                  expression: list[float], style: FieldStyle) -> np.ndarray | None:
+    """Green pattern of a point-like class (spots, tubules, rings, bridges), each cell's at its
+    expression, or None."""
+    xs, ys, ws, sigma = [], [], [], 0.0
+    for cell, level in zip(cells, expression, strict=True):
         if cls in _SPOTS:
             region, (lo, hi), size, _ = _SPOTS[cls]
             n = max(1, int(round(rng.integers(lo, hi + 1) * (style.count_scale if hi > 1 else 1))))
@@ -305,40 +358,73 @@ def _spot_pattern(canvas: _Canvas, rng: np.random.Generator, cls: int, cells: li
             return None
         xs.append(px)
         ys.append(py)
+        ws.append(np.full(len(px), level, np.float32))
     if not xs:
         return None
     weight = _SPOTS[cls][3] if cls in _SPOTS else 1.0
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
     keep = (x >= 0) & (x < 1) & (y >= 0) & (y < 1)
-    return weight * canvas.spots(x[keep], y[keep], np.ones(int(keep.sum()), np.float32), sigma)
+    return weight * canvas.spots(x[keep], y[keep], w[keep], sigma)
 
 
 def render_field(rng: np.random.Generator, labels: list[int], style: FieldStyle, layout: CellLayout,
-                 size: int) -> np.ndarray:
-    """One RGBY field, float32 (size, size, 4) in [0, 1]: draws cells, stains and green patterns."""
+                 size: int, line: CellLine = CELL_LINES[0]) -> np.ndarray:
+    """One RGBY field of a cell line, float32 (size, size, 4) in [0, 1]: draws cells, stains and the
+    antibody's green patterns, then the camera (focus, exposure, noise) that differs field to field."""
     if any(not 0 <= c < NUM_CLASSES for c in labels):
         raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}, got {labels}")
-    cells = draw_cells(rng, layout)
+    cells = draw_cells(rng, layout, line)
     canvas = _Canvas(size)
-    fields = [_reference_stains(canvas, cell, style.texture_phase) for cell in cells]
+    fields = [_reference_stains(canvas, cell, style.texture_phase, line) for cell in cells]
+    expression = [cell.intensity * (1.0 - style.spread * float(rng.uniform())) for cell in cells]
     green = np.zeros((size, size), np.float32)
     for cls in sorted(labels):
         showing = [True] * len(cells)
         if cls in _CYCLE_CLASSES:  # only a few cells are dividing
             showing = list(rng.uniform(size=len(cells)) < 0.4)
             showing[int(rng.integers(len(cells)))] = True
-        spots = _spot_pattern(canvas, rng, cls, [c for c, s in zip(cells, showing, strict=True) if s], style)
+        shown = [(c, e) for c, e, s in zip(cells, expression, showing, strict=True) if s]
+        spots = _spot_pattern(canvas, rng, cls, [c for c, _ in shown], [e for _, e in shown], style)
         if spots is not None:
-            np.maximum(green, spots, out=green)
+            np.maximum(green, style.weights[cls] * spots, out=green)
             continue
-        for cell, f, show in zip(cells, fields, showing, strict=True):
+        for cell, f, level, show in zip(cells, fields, expression, showing, strict=True):
             pattern = _field_pattern(cls, f, cell, style) if f and show else None
             if pattern is not None:
                 target = green[f["region"]]
-                np.maximum(target, cell.intensity * pattern, out=target)
+                np.maximum(target, style.weights[cls] * level * pattern * _profile(f, style), out=target)
+    _nonspecific(green, cells, fields, expression, style)
+    _granulate(rng, green, cells, style)
     canvas.planes["g"] = np.clip(green, 0, 1) * style.gain
     planes = np.stack([canvas.planes[c] for c in ("r", "g", "b", "y")])  # channel-first while processing
     return np.moveaxis(_camera(rng, planes, size), 0, -1)
+
+
+def _profile(f: dict, style: FieldStyle) -> np.ndarray:
+    """The antibody's radial enrichment over one cell: brighter towards its edge or its centre."""
+    return np.clip(1.0 + style.radial * (f["rho"] - 0.5), 0.2, None)
+
+
+def _nonspecific(green: np.ndarray, cells: list[Cell], fields: list[dict], expression: list[float],
+                 style: FieldStyle) -> None:
+    """Add the antibody's faint staining of the whole cell (its share in the nucleus its own)."""
+    if style.diffuse <= 0:
+        return
+    for f, level in zip(fields, expression, strict=True):
+        if f:
+            share = style.diffuse_nuclear * f["nucleus"] + (1 - style.diffuse_nuclear) * f["cyto"]
+            green[f["region"]] += style.diffuse * level * share * _profile(f, style)
+
+
+def _granulate(rng: np.random.Generator, green: np.ndarray, cells: list[Cell], style: FieldStyle) -> None:
+    """Modulate the stain by grains of the antibody's size and contrast (smoothed noise, unit spread)."""
+    if style.grain <= 0 or not cells:
+        return
+    size = green.shape[0]
+    sigma = max(style.grain_size * float(np.mean([c.radius for c in cells])) * size, 0.7)
+    grains = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma)
+    grains *= style.grain / max(float(grains.std()), 1e-6)
+    green *= np.clip(1.0 + grains, 0.0, None)
 
 
 def _blur(planes: np.ndarray, passes: int) -> np.ndarray:
@@ -372,12 +458,13 @@ def _uneven_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _camera(rng: np.random.Generator, planes: np.ndarray, size: int) -> np.ndarray:
-    """Optical blur, per-channel gain, shot noise and a dim uneven background on (4, H, W) planes."""
-    planes = _blur(planes, passes=max(1, size // 256))
-    planes *= rng.uniform(0.7, 1.0, size=(4, 1, 1)).astype(np.float32)
+    """Optical blur (focus varies by field), per-channel exposure (the green's set per antibody, so it varies
+    less), shot noise of varying strength and a dim uneven background on (4, H, W) planes."""
+    planes = _blur(planes, passes=max(1, round(size / 256 * rng.uniform(0.6, 2.0))))
+    planes *= rng.uniform([0.8, 0.9, 0.8, 0.8], 1.0).astype(np.float32)[:, None, None]
     planes += _uneven_background(rng, size)
     np.maximum(planes, 0.0, out=planes)  # rounding can leave -1e-10 where the wave is 0
     noise = rng.random(planes.shape, dtype=np.float32) - 0.5  # uniform noise: cheap, and enough here
-    noise *= 0.006 + 0.07 * np.sqrt(planes)
+    noise *= np.float32(rng.uniform(0.7, 1.4)) * (0.006 + 0.07 * np.sqrt(planes))
     planes += noise
     return np.clip(planes, 0.0, 1.0, out=planes)

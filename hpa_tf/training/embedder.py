@@ -13,14 +13,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from hpa_tf.config import EmbedderConfig
+from hpa_tf.config import ClassifierConfig, EmbedderConfig
 from hpa_tf.data import pipeline
 from hpa_tf.embeddings import load_embeddings, nearest_neighbour_accuracy, save_embeddings
 from hpa_tf.errors import EmbeddingFileError, TrainingSetupError
 from hpa_tf.layout import DataLayout, RunLayout, read_table, run_dataset
 from hpa_tf.losses import arcface_loss
 from hpa_tf.models.embedder import number_of_classes
-from hpa_tf.models.loading import build_run_model, load_embedder
+from hpa_tf.models.loading import build_run_model, load_embedder, load_run
 from hpa_tf.output import keras_verbose
 from hpa_tf.training.loop import (
     Session,
@@ -92,6 +92,23 @@ class NeighbourAccuracy(keras.callbacks.Callback):
             self.embed_frame(self.train), self.train["antibody_code"].to_numpy())
 
 
+def start_from_classifier(embedder: keras.Model, config: EmbedderConfig) -> None:
+    """Copy the backbone of the trained classifier fold `config.init_from` (under out_dir, or a path) into
+    the embedder's; without one, log that the embedder starts from its --weights instead."""
+    folder = Path(config.out_dir) / config.init_from  # an absolute init_from replaces out_dir
+    if not RunLayout(folder).weights(RunLayout.BEST_WEIGHTS).is_file():
+        log.warning(f"no trained classifier in {folder} to start the embedder from: it starts from "
+                    f"{config.weights or 'random'} weights (train the classifier first, "
+                    f"{ClassifierConfig.command} --fold 0, or pass --init-from none)")
+        return
+    classifier, trained = load_run(folder, kind=ClassifierConfig)
+    if trained.backbone != config.backbone:
+        raise TrainingSetupError(f"--init-from {folder} trained a {trained.backbone}, not the embedder's "
+                                 f"{config.backbone}")
+    embedder.get_layer(config.backbone).set_weights(classifier.get_layer(trained.backbone).get_weights())
+    log.info(f"the embedder's {config.backbone} starts from the classifier's in {folder}")
+
+
 def train_embedder(config: EmbedderConfig, callbacks=(), progress: bool = True, restart: bool = False
                    ) -> dict:
     """Train the metric model; a rerun after an interruption resumes, and after the run finished reports
@@ -118,6 +135,8 @@ def train_embedder(config: EmbedderConfig, callbacks=(), progress: bool = True, 
     valid_ds = pipeline.metric_dataset(source, valid, config.batch_size, training=False)
     with session.strategy.scope():
         net = build_run_model(config, config.weights, session.layout)
+        if config.init_from:
+            start_from_classifier(net.get_layer("embedder"), config)
         loss = functools.partial(arcface_loss, s=config.arc_scale, m=config.arc_margin)
         trainer = GlobalBatchTrainer(net, loss, clipnorm=config.clipnorm, gather=False,
                                      eval_metrics=[RankHits("top1"), RankHits("top5"), RankHits("map5")])

@@ -3,11 +3,12 @@ from one RNG stream before any pixel is rendered (so it is cheap and determinist
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpa_tf.data.cells import CellLayout, FieldStyle
+from hpa_tf.data.cells import CELL_LINES, CellLayout, FieldStyle
 from hpa_tf.labels import KAGGLE_TRAIN_COUNTS, NUM_CLASSES
 
 _MAX_LABELS = 5
@@ -40,10 +41,18 @@ PRESETS = {
 
 @dataclass
 class Antibody:
+    """One antibody (one protein): its labels, its stain's look, the cell lines it was stained in (with its
+    expression in each) and the wells of its HPAv18 fields."""
+
     number: int  # HPA antibody id, the first part of an HPAv18 Id
     labels: set[int]
     style: FieldStyle
-    wells: list[tuple[int, str]] = field(default_factory=list)  # (plate, well) of its HPAv18 fields
+    lines: dict[int, float]  # index into CELL_LINES -> expression (a factor on the stain's gain)
+    wells: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # line -> (plate, well)s
+
+    def field_style(self, line: int) -> FieldStyle:
+        """The stain's look in one cell line: its brightness scaled by the expression there."""
+        return dataclasses.replace(self.style, gain=self.style.gain * self.lines[line])
 
 
 @dataclass
@@ -53,6 +62,7 @@ class PlannedImage:
     split: str  # train | test | external
     antibody: int  # index into the antibody list
     field: int  # index of the rendered field it shows
+    line: int = 0  # index into CELL_LINES: the cell line of its well
     image_id: str = ""
     copy: bool = False  # a re-encoded, noised copy of the field (a planted duplicate)
     conflict_label: int | None = None  # for label-conflict copies: the class swapped in
@@ -95,24 +105,36 @@ def _new_antibody(rng: np.random.Generator, used: set[int]) -> Antibody:
     while number in used:
         number = int(rng.integers(100, 60000))
     used.add(number)
-    return Antibody(number, _draw_labels(rng), FieldStyle.draw(rng))
+    return Antibody(number, _draw_labels(rng), FieldStyle.draw(rng), _draw_lines(rng))
 
 
-def _fill(rng, plan_images, antibodies, used, need: int, home: str, other: str | None) -> int:
-    """Create antibody groups of 2-8 fields until `need` fields of `home` exist; half of a shared
-    group's fields go to `other`. Returns how many `other` fields were made."""
+def _draw_lines(rng: np.random.Generator) -> dict[int, float]:
+    """1-3 cell lines (the first lines of CELL_LINES more often, as HPA used some lines far more than
+    others), each with the protein's expression there."""
+    weights = 1.0 / np.arange(1, len(CELL_LINES) + 1) ** 0.7
+    count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    chosen = rng.choice(len(CELL_LINES), size=count, replace=False, p=weights / weights.sum())
+    return {int(line): float(rng.uniform(0.7, 1.0)) for line in chosen}
+
+
+def _fill(rng, plan_images, antibodies, used, need: int, home: str, other: str | None = None,
+          room: int = 0) -> int:
+    """Create antibody groups until `need` fields of `home` exist: 2-8 fields at home, 3-10 when home is
+    HPAv18 (which held 5.8 fields an antibody); a shared group puts 1-4 at home and 3-8 (at most `room`
+    in all) in `other`. Returns how many `other` fields were made."""
     made_other = 0
     while need > 0:
         antibodies.append(_new_antibody(rng, used))
-        group = int(rng.integers(2, 9))
         if other is None:
-            n_home, n_other = min(need, group), 0
-        else:  # about half at home, the rest (at least one) elsewhere
-            n_home = min(need, (group + 1) // 2)
-            n_other = max(1, group - n_home)
+            n_home, n_other = min(need, int(rng.integers(*((3, 11) if home == "external" else (2, 9))))), 0
+        else:
+            n_home = min(need, int(rng.integers(1, 5)))
+            n_other = min(int(rng.integers(3, 9)), room - made_other)
+        lines = list(antibodies[-1].lines)
         for split, n in ((home, n_home), (other, n_other)):
             for _ in range(n):
-                plan_images.append(PlannedImage(split, len(antibodies) - 1, len(plan_images)))
+                line = lines[int(rng.integers(len(lines)))]
+                plan_images.append(PlannedImage(split, len(antibodies) - 1, len(plan_images), line))
         need -= n_home
         made_other += n_other
     return made_other
@@ -134,7 +156,7 @@ def _force_min_counts(rng, plan: Plan) -> None:
 def _copy(plan: Plan, source: int, split: str, kind: str) -> PlannedImage:
     """A planted duplicate: a copy of image `source` (same antibody and field) placed in `split`."""
     original = plan.images[source]
-    image = PlannedImage(split, original.antibody, original.field, copy=True)
+    image = PlannedImage(split, original.antibody, original.field, original.line, copy=True)
     plan.images.append(image)
     plan.duplicates.append((source, len(plan.images) - 1, kind))
     return image
@@ -150,13 +172,13 @@ def make_plan(preset: Preset, seed: int) -> Plan:
     test_base = p.n_test - p.dup_test_test - p.dup_test_external
     ext_base = p.n_external - p.dup_train_external
     train_only = int(round(p.n_train * 0.7))
-    ext_made = _fill(rng, images, antibodies, used, train_only, "train", None)
-    ext_made += _fill(rng, images, antibodies, used, p.n_train - train_only, "train", "external")
-    ext_made += _fill(rng, images, antibodies, used, test_base // 2, "test", "external")
-    _fill(rng, images, antibodies, used, test_base - test_base // 2, "test", None)
-    if ext_made > ext_base:
-        raise ValueError(f"preset {p.name}: shared antibodies give {ext_made} HPAv18 fields > {ext_base}")
-    _fill(rng, images, antibodies, used, ext_base - ext_made, "external", None)
+    _fill(rng, images, antibodies, used, train_only, "train")
+    # half the test antibodies have HPAv18 fields (first claim on the HPAv18 room), then train's
+    ext_made = _fill(rng, images, antibodies, used, test_base // 2, "test", "external", ext_base)
+    ext_made += _fill(rng, images, antibodies, used, p.n_train - train_only, "train", "external",
+                      ext_base - ext_made)
+    _fill(rng, images, antibodies, used, test_base - test_base // 2, "test")
+    _fill(rng, images, antibodies, used, ext_base - ext_made, "external")
     plan = Plan(preset, seed, antibodies, images, [])
 
     by_split = {s: [i for i, im in enumerate(images) if im.split == s] for s in ("train", "test", "external")}
@@ -193,11 +215,12 @@ def _assign_ids(rng: np.random.Generator, plan: Plan) -> None:
     per_well: dict[tuple[int, int, str], int] = {}
     for image in plan.images:
         if image.split == "external":
-            antibody = plan.antibodies[image.antibody]
-            if not antibody.wells or rng.uniform() < 0.25:
+            wells = plan.antibodies[image.antibody].wells.setdefault(image.line, [])
+            if not wells or rng.uniform() < 0.25:  # a cell line's fields come from one well or a few
                 well = f"{'ABCDEFGH'[int(rng.integers(8))]}{int(rng.integers(1, 13))}"
-                antibody.wells.append((int(rng.integers(1000, 2000)), well))
-            plate, well = antibody.wells[int(rng.integers(len(antibody.wells)))]
+                wells.append((int(rng.integers(1000, 2000)), well))
+            plate, well = wells[int(rng.integers(len(wells)))]
+            antibody = plan.antibodies[image.antibody]
             key = (antibody.number, plate, well)
             per_well[key] = per_well.get(key, 0) + 1
             image.image_id = f"{antibody.number}_{plate}_{well}_{per_well[key]}"

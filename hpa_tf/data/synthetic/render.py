@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from hpa_tf.data.cells import CellLayout, FieldStyle, render_field
+from hpa_tf.data.cells import CELL_LINES, CellLayout, FieldStyle, render_field
 from hpa_tf.data.dedup import phash_planes
 from hpa_tf.data.io import read_rgby
 from hpa_tf.layout import COLORS, DataLayout
@@ -41,7 +41,8 @@ class FieldTask:
     attempt: int
     size: int
     layout: CellLayout
-    style: FieldStyle
+    line: int  # index into CELL_LINES
+    style: FieldStyle  # the antibody's, in that cell line
     labels: list[int]
     images: list[ImageTask]
 
@@ -122,7 +123,8 @@ def _render_attempt(task: FieldTask, attempt: int) -> list[tuple[str, np.ndarray
     rng = np.random.default_rng([task.seed, 1, task.field, attempt])
     size = task.size
     tif = next((im.tif for im in task.images if im.tif), None)
-    field_full = render_field(rng, task.labels, task.style, task.layout, 2 * size if tif else size)
+    field_full = render_field(rng, task.labels, task.style, task.layout, 2 * size if tif else size,
+                              CELL_LINES[task.line])
     field_png = _downsample2(field_full) if tif else field_full
     hashes = []
     for image in task.images:

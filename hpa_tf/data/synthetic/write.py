@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from hpa_tf.data.cells import CELL_LINES
 from hpa_tf.data.dedup import match_hashes
 from hpa_tf.data.synthetic.plan import PRESETS, Plan, PlannedImage, make_plan
 from hpa_tf.data.synthetic.render import _MAX_REDRAWS, FieldTask, ImageTask, render_task
@@ -34,7 +35,8 @@ def _tasks(plan: Plan, root: Path) -> list[FieldTask]:
         antibody = plan.antibodies[members[0].antibody]
         tasks.append(FieldTask(
             root=str(root), seed=plan.seed, field=field_index, attempt=0, size=plan.preset.size,
-            layout=plan.preset.layout, style=antibody.style, labels=sorted(antibody.labels),
+            layout=plan.preset.layout, line=members[0].line, style=antibody.field_style(members[0].line),
+            labels=sorted(antibody.labels),
             images=[ImageTask(im.image_id, im.split, im.copy, im.tif) for im in members],
         ))
     return tasks
@@ -64,6 +66,7 @@ def _write_tables(plan: Plan, layout: DataLayout) -> None:
         "Id": [im.image_id for im in plan.images],
         "split": [im.split for im in plan.images],
         "antibody": [plan.antibodies[im.antibody].number for im in plan.images],
+        "line": [CELL_LINES[im.line].name for im in plan.images],
         "tif": [im.tif or "" for im in plan.images],
     }).to_csv(layout.raw_dir / "synthetic_antibodies.csv", index=False)
     pd.DataFrame([
