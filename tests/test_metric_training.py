@@ -225,6 +225,7 @@ def test_the_embedder_starts_from_the_classifier_folds_backbone(trained_runs, tm
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), weights, strict=True))
 
     other = _config(root, runs, backbone="densenet_1_1_1_1")
-    with pytest.raises(TrainingSetupError, match="trained a densenet_2_2_2_2, not the embedder's densenet_1_1"):
+    refused = "trained a densenet_2_2_2_2, not the embedder's densenet_1_1"
+    with pytest.raises(TrainingSetupError, match=refused):
         start_from_classifier(build_run_model(other).get_layer("embedder"), other)
     assert _config(root, runs, init_from="none").init_from is None

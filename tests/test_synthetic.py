@@ -190,7 +190,8 @@ def test_antibody_groups_share_labels_and_span_test_and_hpav18(tiny_dataset):
     test_antibodies = set(t["test_truth"]["antibody"])
     assert test_antibodies & set(external["antibody"]) and test_antibodies - set(external["antibody"])
     lines = t["synthetic_antibodies"].set_index("Id")["line"]
-    wells = external.assign(well=external["Id"].str.rsplit("_", n=1).str[0], line=lines[external["Id"]].values)
+    wells = external.assign(well=external["Id"].str.rsplit("_", n=1).str[0],
+                            line=lines[external["Id"]].to_numpy())
     assert wells.groupby("well")["line"].nunique().max() == 1  # the fields of one well: one cell line
     assert set(lines) <= {line.name for line in CELL_LINES}
 
