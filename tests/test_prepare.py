@@ -384,6 +384,11 @@ def test_processes_obey_an_explicit_workers_at_any_size():
     assert prepare._processes(2, 1) == 1 and prepare._processes(2, 0) == 1  # never more than the images
 
 
+def test_workers_below_one_are_refused(tmp_path, capsys):
+    assert prepare.main(["--data-dir", str(tmp_path), "--workers", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: --workers must be at least 1, got 0\n"
+
+
 def test_explicit_workers_reach_the_pool_and_the_log(tiny_dataset, tmp_path, monkeypatch, caplog):
     root = _copy(tiny_dataset, tmp_path)
     asked = []

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -417,6 +419,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     sizes = sorted(set(sizes or default_sizes(layout)))
     if any(s < 1 for s in sizes):
         raise PrepareError(f"--sizes must be positive, got {sizes}")
+    if workers is not None and workers < 1:
+        raise PrepareError(f"--workers must be at least 1, got {workers}")
     remove_temporaries(_output_folders(layout, sizes))  # left by a run killed mid-write
     train_raw = read_raw_csv(layout.train_csv, ["Id", "Target"])
     test_raw = read_raw_csv(layout.sample_submission_csv, ["Id"])
@@ -431,6 +435,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
             "external": [ImageRef("external", "train", i) for i in external_meta["Id"]]}
     log.info(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
         f"resize caches at {sizes}")
+    # the splits' sklearn takes about a second to import: this process imports it while its workers work
+    threading.Thread(target=importlib.import_module, args=("hpa_tf.data.splits",)).start()
     features = process_images(layout, refs["train"] + refs["test"] + refs["external"], sizes, workers,
                               progress, verify)
 
@@ -457,7 +463,6 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
         from hpa_tf.data.tfrecords import shard_paths, write_tfrecords
 
         shard_workers = workers or os.cpu_count() or 1
-
         for size in sizes:
             for group, group_refs in refs.items():
                 folder = write_tfrecords(layout, group, group_refs, size, workers=shard_workers,
