@@ -1,29 +1,30 @@
-"""Benchmark of the resize-cache stage of `python -m hpa_tf.data.prepare` at full size (spec 1.2, 1.3):
-ours against a reference-style script, on the same 2048 px sources with the same number of workers.
+"""Benchmark of `python -m hpa_tf.data.prepare` at full size (spec 1.2, 1.3): ours against a reference-style
+script, on the same 2048 px sources with the same number of worker processes, at several dataset sizes.
 
-Run from the repository root: `python benchmarks/prepare.py` (about a minute on 2 CPU cores).
+Run from the repository root: `python benchmarks/prepare.py` (about 10 minutes on 2 busy CPU cores).
 
-Data, written to a temporary folder in the layout `DataLayout` reads: `--kaggle` Kaggle train images, each
-4 full-size 2048 px TIFFs (half of the images 8-bit, half 16-bit; zlib-compressed unless
-`--tif-compression none`) plus the 4 512 px PNGs that prepare's pHashes and statistics read, and
-`--external` HPAv18 images, each 4 2048 px RGB JPEGs holding the channel in one plane. The fields are
-blurred cell-like blobs with sensor noise, so that they compress like fluorescence images, not like noise.
+Data, written to a temporary folder per dataset size in the layout `DataLayout` reads (`--images`, default 40
+and 120): half of the images Kaggle train images, each 4 full-size 2048 px TIFFs (half of them 8-bit, half
+16-bit; zlib-compressed unless `--tif-compression none`) plus the 4 512 px PNGs that prepare's pHashes and
+statistics read, the other half HPAv18 images, each 4 2048 px RGB JPEGs holding the channel in one plane.
+The fields are blurred cell-like blobs with sensor noise, so that they compress like fluorescence images.
 
-Timed, each through a `multiprocessing.Pool(--workers)` (spawn, started and warmed up beforehand), over
-`--rounds` rounds that alternate who goes first (the median is reported):
-  ours (cache stage)   prepare's own per-image task (`_image_task`, without pHashes and statistics): each
-                       source decoded once, cv2 bilinear resize to every size, encoded (PNG: Sub filter and
-                       libdeflate level 1; JPEG quality 85) and written atomically, fingerprinted in memory.
-  reference-style      the original's s2/s3 scripts: run once per size, each reads every channel with PIL
-                       (`np.array(Image.open(path))`; a 16-bit TIFF is resized at 16 bits, then converted
-                       to 8 bits), `cv2.resize(INTER_LINEAR)` and `cv2.imwrite` (PNG, default compression;
-                       JPEG quality 85).
-  ours (whole command) `prepare(...)` once, from the raw data alone: also meta, pHashes, splits and
-                       statistics. Below 64 images it runs in one process (its pool pays only for larger
-                       jobs), so this row is for information and not in the speedup. Its 5 folds need at
-                       least 5 images of each kind; with fewer it is left out.
+Timed side by side over `--rounds` rounds that alternate who goes first (medians are reported):
+  whole command        each contender as a user runs it, in a fresh process with `--workers` processes:
+                       ours `python -m hpa_tf.data.prepare --data-dir D --sizes ... --workers N --quiet` from
+                       the raw data alone (caches, meta, pHashes, matches, splits, statistics); the reference
+                       `python benchmarks/reference_resize.py D OUT --sizes ... --workers N`, the original's
+                       s2/s3 scripts (PIL read, `cv2.resize` INTER_LINEAR, `cv2.imwrite`), once per size.
+                       Reported as wall seconds and, less sensitive to other load on the machine, as CPU
+                       seconds of the process and its pool.
+  cache stage          the per-image work alone in a `multiprocessing.Pool(--workers)` started and warmed up
+                       beforehand: prepare's own per-image task (`_image_task`, without pHashes and
+                       statistics: each source decoded once, resized to every size, encoded and written)
+                       against the reference script's per-file function.
 
-The last line is `prepare_speedup: <reference cache time / our cache time>x`.
+The full-dataset estimate applies the whole command's seconds per image at the largest `--images` to the
+42,774 Kaggle and 74,000 HPAv18 image sets. The last line is `prepare_speedup: <whole-command ratio>x (cache
+stage <ratio>x)`, each the lowest over the dataset sizes (reference seconds / ours, medians).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,18 +43,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import reference_resize
 import tifffile
 from PIL import Image
 
 from hpa_tf.data import prepare
 from hpa_tf.data.io import HPA_V18_PLANE
-from hpa_tf.data.resize import EXTERNAL_JPEG_QUALITY
 from hpa_tf.layout import COLORS, DataLayout
 
 FULL = 2048  # side of the full-size Kaggle TIFFs and HPAv18 JPEGs
 PNG_SIZE = 512  # side of the Kaggle PNGs
-WHOLE_MIN = 5  # images of each kind the whole command needs (5 folds)
-FULL_HPA = {"kaggle": 31_072 + 11_702, "external": 74_000}  # Kaggle train + test TIFF sets, HPAv18 sets
+FULL_HPA = 31_072 + 11_702 + 74_000  # Kaggle train + test TIFF sets, HPAv18 JPEG sets
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("whole command", "whole, CPU s", "cache stage")  # wall seconds, CPU seconds in the second
 
 
 # ------------------------------------------------------------------------------------------ raw data
@@ -117,53 +121,56 @@ def write_raw(pool, root: Path, n_kaggle: int, n_external: int,
 # ---------------------------------------------------------------------------------------- the contenders
 
 def _warm_up(_: int) -> None:
-    """Worker: import everything both contenders use, so that no timing pays for it."""
+    """Worker: import everything both contenders use, so that no cache-stage timing pays for it."""
     cv2.resize(np.zeros((8, 8), np.uint8), (4, 4), interpolation=cv2.INTER_LINEAR)
 
 
-def _reference_image(args: tuple) -> None:
-    """Worker: the original's s2 (Kaggle TIFFs -> PNG) or s3 (HPAv18 JPEGs -> JPEG) for one image and
-    one size, as that size's run of the script did it."""
-    root, out, kind, image_id, size = args
-    layout = DataLayout(root)
-    for color in COLORS:
-        if kind == "kaggle":
-            plane = np.array(Image.open(layout.kaggle_tif("train", image_id, color)))
-        else:
-            plane = np.array(Image.open(layout.external_jpg(image_id, color)))[:, :, HPA_V18_PLANE[color]]
-        small = cv2.resize(plane, (size, size), interpolation=cv2.INTER_LINEAR)
-        if small.dtype == np.uint16:
-            small = np.round(small * (255 / 65535)).astype(np.uint8)
-        if kind == "kaggle":
-            cv2.imwrite(str(Path(out) / f"images_{size}" / f"{image_id}_{color}.png"), small)
-        else:
-            cv2.imwrite(str(Path(out) / f"external_v18_{size}" / f"{image_id}_{color}.jpg"), small,
-                        [cv2.IMWRITE_JPEG_QUALITY, EXTERNAL_JPEG_QUALITY])
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of every finished child process of this one, their pools included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def run_reference(pool, root: Path, out: Path, kind: str, ids: list[str], sizes: list[int]) -> float:
-    """Seconds for the reference-style scripts: one run per size, each reading every source again."""
+def _timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a command in a fresh process, run from the repository root; fails
+    loudly if it fails."""
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds, _cpu_seconds() - cpu
+
+
+def whole_reference(root: Path, out: Path, sizes: list[int], workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the reference-style script as a whole command, writing into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    return _timed([sys.executable, str(Path(reference_resize.__file__).resolve()), str(root), str(out),
+                   "--sizes", *map(str, sizes), "--workers", str(workers)])
+
+
+def whole_ours(root: Path, sizes: list[int], workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the whole prepare command from the raw data alone (earlier outputs removed)."""
+    _remove_outputs(root)
+    return _timed([sys.executable, "-m", "hpa_tf.data.prepare", "--data-dir", str(root),
+                   "--sizes", *map(str, sizes), "--workers", str(workers), "--quiet"])
+
+
+def cache_reference(pool, root: Path, out: Path, sizes: list[int]) -> float:
+    """Seconds for the reference script's per-file work at every size in a warm pool."""
     start = time.perf_counter()
     for size in sizes:
-        (out / (f"images_{size}" if kind == "kaggle" else f"external_v18_{size}")).mkdir(parents=True,
-                                                                                          exist_ok=True)
-        pool.map(_reference_image, [(str(root), str(out), kind, i, size) for i in ids], chunksize=1)
+        pool.map(reference_resize.resize_one, reference_resize.tasks(root, out, size))
     return time.perf_counter() - start
 
 
-def run_ours(pool, root: Path, kind: str, ids: list[str], sizes: list[int]) -> float:
-    """Seconds for prepare's per-image task over these images (caches of every size, no features)."""
+def cache_ours(pool, root: Path, ids: dict[str, list[str]], sizes: list[int]) -> float:
+    """Seconds for prepare's per-image task over these images in a warm pool (caches of every size, no
+    pHashes or statistics)."""
     todo = dict.fromkeys(sizes, True)
-    tasks = [(str(root), prepare.ImageRef(kind, "train", i), todo, False) for i in ids]
+    tasks = [(str(root), prepare.ImageRef(kind, "train", i), todo, False) for kind in ids for i in ids[kind]]
     start = time.perf_counter()
     list(pool.imap_unordered(prepare._image_task, tasks, chunksize=1))
-    return time.perf_counter() - start
-
-
-def run_whole(root: Path, sizes: list[int], workers: int) -> float:
-    """Seconds for the whole prepare command (caches, meta, pHashes, splits, statistics) from scratch."""
-    start = time.perf_counter()
-    prepare.prepare(root, sizes, workers, progress=False)
     return time.perf_counter() - start
 
 
@@ -193,10 +200,10 @@ def max_difference(layout: DataLayout, ref_out: Path, kind: str, ids: list[str],
 # ----------------------------------------------------------------------------------------------- driver
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Time prepare's resize caches against a reference-style "
-                                                 "script on full-size (2048 px) synthetic sources.")
-    parser.add_argument("--kaggle", type=int, default=8, help="Kaggle images (4 TIFFs each; default 8)")
-    parser.add_argument("--external", type=int, default=8, help="HPAv18 images (4 JPEGs each; default 8)")
+    parser = argparse.ArgumentParser(description="Time prepare as a whole command and its cache stage "
+                                                 "against a reference-style script on 2048 px sources.")
+    parser.add_argument("--images", type=int, nargs="+", default=[40, 120],
+                        help="images per dataset: half Kaggle (4 TIFFs), half HPAv18 (4 JPEGs)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes for both contenders (default: 2, or 1 on one core)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[768, 1536], help="cache sizes")
@@ -204,77 +211,78 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tif-compression", choices=["zlib", "none"], default="zlib",
                         help="how the TIFFs are stored (default zlib, as the synthetic dataset's)")
     args = parser.parse_args(argv)
-    if args.kaggle < 1 or args.external < 1 or args.rounds < 1:
-        parser.error(f"--kaggle, --external and --rounds must be at least 1, got {args.kaggle}, "
-                     f"{args.external} and {args.rounds}")
+    if min(args.images) < 10 or args.rounds < 1:
+        parser.error(f"--images must be at least 10 (prepare's 5 folds need 5 images of each kind) and "
+                     f"--rounds at least 1, got {args.images} and {args.rounds}")
     limit = (os.cpu_count() or 1) * 4
     if not 1 <= args.workers <= limit:
         parser.error(f"--workers must be between 1 and {limit} (4 per core), got {args.workers}")
     if any(s < 1 for s in args.sizes):
         parser.error(f"--sizes must be positive, got {args.sizes}")
-    args.sizes = sorted(set(args.sizes))
+    args.images, args.sizes = sorted(set(args.images)), sorted(set(args.sizes))
     return args
 
 
-def _row(name: str, images: int, seconds: float, workers: int, core_hours: float | str) -> str:
-    rate = images / seconds / workers
-    hours = core_hours if isinstance(core_hours, str) else f"{core_hours:.1f}"
-    return f"{name:<34} {images:>6} {seconds:>9.2f} {rate:>12.3f} {hours:>12}"
+def _times(values: list[float]) -> str:
+    return " ".join(f"{v:.1f}" for v in values)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts = {"kaggle": args.kaggle, "external": args.external}
+    runs: dict[tuple[int, str, str], list[float]] = {}  # (images, stage, who) -> seconds of every round
+    worst: dict[int, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="hpa_tf_prepare_bench_") as tmp, \
             multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        root = Path(tmp) / "data"
         pool.map(_warm_up, range(args.workers), chunksize=1)
-        start = time.perf_counter()
-        raw = write_raw(pool, root, args.kaggle, args.external, args.tif_compression)
-        ids = dict(zip(counts, raw, strict=True))
-        print(f"raw data: {args.kaggle} Kaggle x 4 TIFFs ({args.tif_compression}), {args.external} HPAv18 "
-              f"x 4 JPEGs at {FULL} px ({time.perf_counter() - start:.0f} s); sizes {args.sizes}, "
-              f"{args.workers} workers",
-              file=sys.stderr)
-        runs: dict[tuple[str, str], list[float]] = {}
+        roots, ids = {}, {}
+        for n in args.images:
+            start, roots[n] = time.perf_counter(), Path(tmp) / f"data_{n}"
+            ids[n] = dict(zip(("kaggle", "external"), write_raw(pool, roots[n], n // 2, n - n // 2,
+                                                                args.tif_compression), strict=True))
+            print(f"raw data: {n // 2} Kaggle x 4 TIFFs ({args.tif_compression}), {n - n // 2} HPAv18 x 4 "
+                  f"JPEGs at {FULL} px ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
         for round_ in range(args.rounds):  # alternate who goes first, in case the machine's load drifts
-            for who in ("reference", "ours")[:: 1 if round_ % 2 == 0 else -1]:
-                for kind in counts:
-                    if who == "reference":
-                        seconds = run_reference(pool, root, Path(tmp) / "ref", kind, ids[kind], args.sizes)
-                    else:
-                        seconds = run_ours(pool, root, kind, ids[kind], args.sizes)
-                    runs.setdefault((who, kind), []).append(seconds)
-        times = {key: float(np.median(values)) for key, values in runs.items()}
-        layout = DataLayout(root)
-        worst = {kind: max_difference(layout, Path(tmp) / "ref", kind, ids[kind], args.sizes)
-                 for kind in counts}
-        whole = None
-        if min(counts.values()) >= WHOLE_MIN:
-            _remove_outputs(root)
-            whole = run_whole(root, args.sizes, args.workers)
+            for n in args.images:
+                root, out = roots[n], Path(tmp) / f"ref_{n}"
+                for who in ("reference", "ours")[:: 1 if round_ % 2 == 0 else -1]:
+                    wall, cpu = (whole_reference(root, out, args.sizes, args.workers) if who == "reference"
+                                 else whole_ours(root, args.sizes, args.workers))
+                    runs.setdefault((n, "whole command", who), []).append(wall)
+                    runs.setdefault((n, "whole, CPU s", who), []).append(cpu)
+                for who in ("reference", "ours")[:: 1 if round_ % 2 == 0 else -1]:
+                    cache = (cache_reference(pool, root, out, args.sizes) if who == "reference"
+                             else cache_ours(pool, root, ids[n], args.sizes))
+                    runs.setdefault((n, "cache stage", who), []).append(cache)
+                print(f"round {round_ + 1}, {n} images: " + ", ".join(
+                    f"{stage} {who} {runs[n, stage, who][-1]:.1f} s"
+                    for stage in STAGES for who in ("reference", "ours")),
+                      file=sys.stderr)
+        for n in args.images:
+            layout = DataLayout(roots[n])
+            worst[n] = {kind: max_difference(layout, Path(tmp) / f"ref_{n}", kind, ids[n][kind], args.sizes)
+                        for kind in ("kaggle", "external")}
 
-    print(f"median of {args.rounds} rounds; ours (whole command): one run")
-    print(f"{'stage (sizes ' + ' '.join(map(str, args.sizes)) + ')':<34} {'images':>6} {'seconds':>9} "
-          f"{'img/s/worker':>12} {'full HPA h':>12}")
-    full = {}
-    for who, name in (("reference", "reference-style"), ("ours", "ours (cache stage)")):
-        for kind in counts:
-            hours = FULL_HPA[kind] * times[who, kind] * args.workers / counts[kind] / 3600
-            full[who, kind] = hours
-            print(_row(f"{kind} {name}", counts[kind], times[who, kind], args.workers, hours))
-        total = sum(times[who, kind] for kind in counts)
-        print(_row(f"all {name}", sum(counts.values()), total, args.workers,
-                   sum(full[who, kind] for kind in counts)))
-    if whole is None:
-        print(f"ours (whole command): not run (its 5-fold splits need {WHOLE_MIN} images of each kind)")
-    else:
-        print(_row("ours (whole command)", sum(counts.values()), whole, args.workers, "-"))
-    print(f"(full HPA h: {FULL_HPA['kaggle']} Kaggle TIFF sets + {FULL_HPA['external']} HPAv18 JPEG sets, "
-          f"hours on one core; max |ours - reference| pixel difference: Kaggle {worst['kaggle']}, "
-          f"HPAv18 {worst['external']})")
-    ratio = sum(times["reference", k] for k in counts) / sum(times["ours", k] for k in counts)
-    print(f"prepare_speedup: {ratio:.2f}x")
+    print(f"sizes {' '.join(map(str, args.sizes))}, {args.workers} processes each, median of {args.rounds} "
+          f"rounds (all rounds in brackets)")
+    print(f"{'images':>6} {'stage':<14} {'reference-style s':>18} {'ours s':>8} {'speedup':>8}   all rounds: "
+          f"reference | ours")
+    ratios: dict[str, list[float]] = {}
+    median = {key: float(np.median(values)) for key, values in runs.items()}
+    for n in args.images:
+        for stage in STAGES:
+            ref, ours = median[n, stage, "reference"], median[n, stage, "ours"]
+            ratios.setdefault(stage, []).append(ref / ours)
+            print(f"{n:>6} {stage:<14} {ref:>18.2f} {ours:>8.2f} {ref / ours:>7.2f}x   "
+                  f"{_times(runs[n, stage, 'reference'])} | {_times(runs[n, stage, 'ours'])}")
+        print(f"{'':>6} max |ours - reference| pixel difference: Kaggle {worst[n]['kaggle']}, HPAv18 "
+              f"{worst[n]['external']}")
+    largest = args.images[-1]
+    hours = {who: median[largest, "whole command", who] / largest * FULL_HPA / 3600
+             for who in ("reference", "ours")}
+    print(f"full dataset ({FULL_HPA} image sets) at the {largest}-image rate, whole command on "
+          f"{args.workers} processes: reference-style {hours['reference']:.1f} h, ours {hours['ours']:.1f} h")
+    whole, cache = min(ratios["whole command"]), min(ratios["cache stage"])
+    print(f"prepare_speedup: {whole:.2f}x (cache stage {cache:.2f}x)")
     return 0
 
 

@@ -190,6 +190,8 @@ def test_to_uint8_uint16_exact_values():
     np.testing.assert_array_equal(to_uint8(v), want)
     # 65280 = 255 * 256: a shift (v >> 8) would give 255, a cast (v % 256) 0; round(65280 / 257) = 254
     assert to_uint8(np.array([65280], np.uint16)).tolist() == [254]
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # all values, against integer rounding
+    np.testing.assert_array_equal(to_uint8(every), (every.astype(np.int64) * 2 + 257) // 514)
 
 
 def test_to_uint8_rejects_other_dtypes():

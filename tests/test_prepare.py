@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -10,10 +11,14 @@ import sys
 import threading
 from pathlib import Path
 
+import cv2
+import imagehash
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from atomic_files import temporaries
+from PIL import Image
 
 from hpa_tf import parallel
 from hpa_tf.data import prepare
@@ -116,6 +121,7 @@ def test_leak_list_gives_the_matched_hpav18_labels(prepared):
 
 
 def test_stats_json_equals_a_direct_numpy_computation(prepared):
+    """The float64 numpy statistics prepare computed before its integer histograms, to the same digits."""
     root, _ = prepared
     layout = DataLayout(root)
     stats = json.loads((layout.meta_dir / "stats.json").read_text())
@@ -125,9 +131,93 @@ def test_stats_json_equals_a_direct_numpy_computation(prepared):
             x = read_rgby(layout, image_id, "png", split).astype(np.float64) / 255.0
             means.append(x.mean(axis=(0, 1)))
             stds.append(x.std(axis=(0, 1)))
-    np.testing.assert_allclose(stats["mean"], np.mean(means, axis=0), atol=1e-6)
-    np.testing.assert_allclose(stats["std"], np.mean(stds, axis=0), atol=1e-6)
+    assert stats["mean"] == [round(float(v), 6) for v in np.mean(means, axis=0)]
+    assert stats["std"] == [round(float(v), 6) for v in np.mean(stds, axis=0)]
     assert stats["images"] == len(means)
+    features = _csv(layout.meta_dir / "image_features.csv")
+    assert (features[features["key"].str.startswith("external/")]["mean_r"] == "").all()  # not averaged
+
+
+def _phash(plane: np.ndarray) -> int:
+    return int(str(imagehash.phash(Image.fromarray(plane))), 16)
+
+
+def _independent_hashes(root: Path) -> dict[str, tuple[int, int, int]]:
+    """{Id: R, G, B pHashes} by imagehash of the re-read files: Kaggle PNGs, HPAv18 JPEG planes (spec 2)."""
+    layout, hashes = DataLayout(root), {}
+    for split, csv in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        for image_id in _csv(root / "raw" / csv)["Id"]:
+            hashes[image_id] = tuple(_phash(np.array(Image.open(layout.kaggle_png(split, image_id, color))))
+                                     for color in COLORS[:3])
+    for image_id in _csv(root / "raw" / "HPAv18RBGY_wodpl.csv")["Id"]:
+        hashes[image_id] = tuple(
+            _phash(np.array(Image.open(layout.external_jpg(image_id, color)).convert("RGB"))[:, :, c].copy())
+            for c, color in enumerate(COLORS[:3]))
+    return hashes
+
+
+def _pairs(hashes, query: list[str], reference: list[str]) -> list[tuple]:
+    """(query, reference, SimR, SimG, SimB) within 12 on every channel by a plain loop, without self-pairs."""
+    rows = []
+    for a in query:
+        for b in reference:
+            distances = [bin(x ^ y).count("1") for x, y in zip(hashes[a], hashes[b], strict=True)]
+            if a != b and max(distances) <= 12:
+                rows.append((a, b, *distances))
+    return rows
+
+
+def test_hashes_matches_and_caches_equal_an_independent_computation(prepared):
+    """pHashes, all three match tables (rows, order, distances) and every cache's pixels or bytes, computed
+    here the plain way from the raw files."""
+    root, _ = prepared
+    layout = DataLayout(root)
+    hashes = _independent_hashes(root)
+    features = _csv(layout.meta_dir / "image_features.csv")
+    written = {key.rsplit("/", 1)[1]: tuple(int(h, 16) for h in row)
+               for key, *row in features[["key", "hash_r", "hash_g", "hash_b"]].itertuples(index=False)}
+    assert written == hashes
+    train, test, external = (list(_csv(root / "raw" / csv)["Id"])
+                             for csv in ("train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"))
+    for name, query, reference in (("train_match_external", train, external), ("test_match_test", test, test),
+                                   ("test_match_external", test, external)):
+        table = _csv(layout.meta_dir / f"{name}.csv")
+        assert list(table.itertuples(index=False, name=None)) == _pairs(hashes, query, reference), name
+    tifs = _csv(root / "raw" / "synthetic_antibodies.csv").set_index("Id")["tif"]
+    for split, ids in (("train", train), ("test", test)):
+        for image_id in ids:  # from the PNGs of the cache's size as they are, else from the larger TIFFs
+            if tifs[image_id]:  # 16-bit ones rounded to 8 bits, then resized bilinearly
+                planes = [tifffile.imread(layout.kaggle_tif(split, image_id, c)).astype(int) for c in COLORS]
+                planes = [(p * 2 + 257) // 514 if tifs[image_id] == "uint16" else p for p in planes]
+                source = [cv2.resize(p.astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+                          for p in planes]
+            else:
+                source = [np.array(Image.open(layout.kaggle_png(split, image_id, c))) for c in COLORS]
+            np.testing.assert_array_equal(read_cached_rgby(layout, "kaggle", split, image_id, SIZE),
+                                          np.stack(source, axis=-1))
+    for image_id in external:
+        for color, c in zip(COLORS, (0, 1, 2, 0), strict=True):  # yellow: the red plane (spec 1.3)
+            plane = np.array(Image.open(layout.external_jpg(image_id, color)).convert("RGB"))[:, :, c].copy()
+            expected = cv2.imencode(".jpg", plane, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+            assert layout.external_cache(image_id, color, SIZE).read_bytes() == expected
+
+
+def test_hpav18_images_over_512_px_are_hashed_as_their_512_px_cache(tmp_path):
+    layout, image_id = DataLayout(tmp_path), "1000_1600_C1_1"
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    rgb = cv2.resize(small, (600, 600), interpolation=cv2.INTER_CUBIC)  # smooth: pHashes that mean something
+    layout.external_jpg(image_id, "red").parent.mkdir(parents=True)
+    for color in COLORS:
+        Image.fromarray(rgb).save(layout.external_jpg(image_id, color))
+    _, cached, features = prepare._image_task((str(tmp_path), prepare.ImageRef("external", "train", image_id),
+                                               {}, True))
+    decoded = np.array(Image.open(layout.external_jpg(image_id, "red")))
+    expected = [_phash(cv2.resize(decoded[:, :, c].copy(), (512, 512), interpolation=cv2.INTER_LINEAR))
+                for c in range(3)]
+    assert cached == {} and [int(h, 16) for h in features[:3]] == expected
+    assert expected != [_phash(decoded[:, :, c].copy()) for c in range(3)]  # the full-size planes differ
+    assert np.isnan(features[3:]).all()  # no statistics: spec 4 averages Kaggle images only
 
 
 def test_splits_are_written(prepared):
@@ -260,19 +350,59 @@ def test_rerun_notices_a_source_corrupted_after_preparation(tiny_dataset, tmp_pa
 
 # ------------------------------------------------------------------- bad images in a worker pool
 
-def test_truncated_zlib_tif_stops_a_pool_run_with_one_error(tiny_dataset, tmp_path):
-    # imagecodecs' DeflateError could not be unpickled in the parent: the pool's result thread died and
-    # prepare waited forever
+def _damage(root: Path, which: str) -> Path:
+    """Cut one source file of a copied tiny dataset to half its bytes; returns it."""
+    layout = DataLayout(root)
+    with_tifs = _csv(root / "raw" / "synthetic_antibodies.csv").query("tif != '' and split == 'train'")["Id"]
+    path = {"tif": lambda: sorted((root / "train" / "tifs").glob("*.tif"))[0],
+            "png of a TIFF image": lambda: layout.kaggle_png("train", with_tifs.iloc[0], "blue"),
+            "HPAv18 jpg": lambda: layout.external_jpg(_csv(root / "raw" / "HPAv18RBGY_wodpl.csv")["Id"][4],
+                                                      "green")}[which]()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+# a truncated zlib TIFF: imagecodecs' DeflateError could not be unpickled in the parent, so the pool's result
+# thread died and prepare waited forever; the PNG of an image with TIFFs is read only for its pHashes and
+# statistics, in the same pass as its caches
+@pytest.mark.parametrize("which", ["tif", "png of a TIFF image", "HPAv18 jpg"])
+def test_a_damaged_source_stops_a_pool_run_with_one_error(tiny_dataset, tmp_path, which):
     root = _copy(tiny_dataset, tmp_path)
-    truncated = sorted((root / "train" / "tifs").glob("*.tif"))[0]
-    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    damaged = _damage(root, which)
     command = [sys.executable, "-m", "hpa_tf.data.prepare", "--data-dir", str(root), "--workers", "2",
                "--quiet"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(truncated) in errors[0] and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and str(damaged) in errors[0] and "Traceback" not in done.stderr, done.stderr
     assert not temporaries(root)
+
+
+def test_processes_obey_an_explicit_workers_at_any_size():
+    assert prepare._processes(None, 63) == 1 and prepare._processes(None, 64) == (os.cpu_count() or 1)
+    assert prepare._processes(2, 5) == 2 and prepare._processes(8, 10) == 8
+    assert prepare._processes(2, 1) == 1 and prepare._processes(2, 0) == 1  # never more than the images
+
+
+def test_workers_below_one_are_refused(tmp_path, capsys):
+    assert prepare.main(["--data-dir", str(tmp_path), "--workers", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: --workers must be at least 1, got 0\n"
+
+
+def test_explicit_workers_reach_the_pool_and_the_log(tiny_dataset, tmp_path, monkeypatch, caplog):
+    root = _copy(tiny_dataset, tmp_path)
+    asked = []
+
+    def recording(fn, items, workers, chunksize):  # runs here: a pool would only make the test slower
+        asked.append(workers)
+        return imap(fn, items, 1, chunksize)
+
+    monkeypatch.setattr(prepare, "imap", recording)
+    monkeypatch.setattr(logging.getLogger("hpa_tf"), "propagate", True)  # a CLI run earlier stops it
+    caplog.set_level(logging.INFO, "hpa_tf")
+    prepare.prepare(root, workers=3, progress=False)
+    assert asked == [3]
+    assert "280 images to prepare in 3 processes" in caplog.text
 
 
 def _prepared_copy(prepared, tmp_path) -> tuple[Path, DataLayout]:
@@ -402,3 +532,14 @@ def test_verifying_rerun_redoes_a_cache_png_corrupted_in_place(prepared, tmp_pat
     assert {path: path.read_bytes() for path in image} == good  # the uninterrupted run's bytes
     changed = {p for p, t in _mtimes(root).items() if before.get(p) != t}
     assert damaged in changed and changed <= image  # only the damaged image is redone
+
+
+def test_a_kaggle_row_saved_without_statistics_is_redone(prepared, tmp_path):
+    root, layout = _prepared_copy(prepared, tmp_path)
+    path = layout.meta_dir / "image_features.csv"
+    good = path.read_bytes()
+    features = _csv(path)
+    features.loc[features["key"].str.startswith("kaggle/").idxmax(), "std_g"] = ""
+    features.to_csv(path, index=False)
+    _run(root)
+    assert path.read_bytes() == good

@@ -18,6 +18,7 @@ from hpa_tf.output import bars_disabled
 
 HASH_CHANNELS = ("red", "green", "blue")  # yellow is not hashed (spec 2)
 MAX_DISTANCE = 12  # per-channel Hamming limit of the reference (spec 2)
+HASH_SIZE = 512  # the side of the images spec 2 hashes: Kaggle's PNGs, the 512 px HPAv18 caches
 COLUMNS = ("query", "reference", "dist_r", "dist_g", "dist_b")
 
 

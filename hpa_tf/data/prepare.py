@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -24,21 +26,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import LabelEncoder
 from tqdm import tqdm
 
 from hpa_tf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
-from hpa_tf.data import splits
-from hpa_tf.data.dedup import match_hashes, phash_planes
+from hpa_tf.data.dedup import HASH_SIZE, match_hashes, phash_planes
 from hpa_tf.data.io import read_rgby
-from hpa_tf.data.resize import cache_is_complete, cache_paths, cache_source, channel_stats, write_cache
+from hpa_tf.data.resize import (
+    cache_is_complete,
+    cache_paths,
+    cache_source,
+    channel_stats,
+    resize_rgby,
+    write_cache,
+)
 from hpa_tf.errors import DataError
 from hpa_tf.labels import LABEL_NAMES, format_target, parse_target, targets_to_matrix
 from hpa_tf.layout import COLORS, DataLayout, read_table, validate_id
 from hpa_tf.output import bars_disabled, prog, run_or_exit, setup_logging
 from hpa_tf.parallel import imap
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hpa_tf.data.prepare")  # not __name__, "__main__" under `python -m`
 
 REAL_DATA_SIZES = (768, 1536)  # what the i768 and i1536 training profiles read (spec 1.2)
 FOLD_SEED = 100  # random_state of every split in the reference (spec 3)
@@ -95,7 +102,8 @@ def read_raw_csv(path: Path, columns: list[str], unique: bool = True) -> pd.Data
 
 def build_meta(raw: pd.DataFrame, external: bool) -> pd.DataFrame:
     """Spec 1.4: sorted unique Target, 28 one-hot columns named by LABEL_NAMES, External, and for
-    HPAv18 the antibody (Id before the first '_') and its LabelEncoder code over antibody strings."""
+    HPAv18 the antibody (Id before the first '_') and its code over antibody strings (sklearn's LabelEncoder
+    codes: the index in the sorted unique strings)."""
     meta = pd.DataFrame({"Id": raw["Id"].to_numpy()})
     meta["Target"] = [format_target(parse_target(t)) for t in raw["Target"]]
     onehot = targets_to_matrix(meta["Target"]).astype(int)
@@ -107,7 +115,7 @@ def build_meta(raw: pd.DataFrame, external: bool) -> pd.DataFrame:
             bad = meta["Id"][~antibody.str.fullmatch(r"\d+")].iloc[0]
             raise PrepareError(f"HPAv18 Id {bad!r} does not start with a numeric antibody id")
         meta["antibody"] = antibody.astype(int)
-        meta["antibody_code"] = LabelEncoder().fit_transform(antibody)
+        meta["antibody_code"] = np.unique(antibody.to_numpy(), return_inverse=True)[1]
     return meta
 
 
@@ -138,13 +146,20 @@ def _image_task(args: tuple) -> tuple[str, dict[int, list[str]], list | None]:
     features = None
     if want_features:  # spec 2 and 4: from the Kaggle PNGs (not the TIFFs) and the HPAv18 JPEGs
         rgby = read("png" if ref.kind == "kaggle" else "external")
-        mean, std = channel_stats(rgby)
-        features = [f"{h:016x}" for h in phash_planes(rgby)] + list(mean) + list(std)
+        if ref.kind == "external" and max(rgby.shape[:2]) > HASH_SIZE:  # as the original's 512 px cache
+            rgby = resize_rgby(rgby, HASH_SIZE)
+        features = [f"{h:016x}" for h in phash_planes(rgby)]
+        if ref.kind == "kaggle":  # spec 4 averages Kaggle train + test only
+            features += [float(v) for v in np.concatenate(channel_stats(rgby))]
+        else:
+            features += [np.nan] * 8
     return ref.key, cached, features
 
 
 _FINGERPRINT = r"\d+:[0-9a-f]{8}"  # a manifest value: byte count and CRC-32 of a cache file
 _HASH, _FLOAT = r"[0-9a-f]{16}", r"-?\d+(\.\d+)?(e[-+]\d+)?"  # image_features.csv values
+_STAT = f"({_FLOAT})?"  # empty for HPAv18 images, whose statistics spec 4 does not use
+_POOL_MIN_IMAGES = 64  # without --workers, fewer images than this run in one process (a pool costs seconds)
 
 
 def _fingerprint(data: bytes) -> str:
@@ -225,20 +240,36 @@ def _output_folders(layout: DataLayout, sizes: list[int]) -> list[Path]:
     return folders
 
 
-def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], workers: int,
+def _saved_features(path: Path) -> tuple[dict[str, list], dict[str, str]]:
+    """({image key: features}, {image key: source signature}) of an earlier run's image_features.csv; a
+    Kaggle image without its statistics is left out (redone)."""
+    saved = _read_saved(path, {"key": ".+", "source": _HASH,
+                               **{f: _HASH if f.startswith("hash") else _STAT for f in _FEATURES}})
+    if saved is None:
+        return {}, {}
+    saved[_FEATURES[3:]] = saved[_FEATURES[3:]].replace("", "nan").astype(float)
+    whole = saved["key"].str.startswith("external/") | saved[_FEATURES[3:]].notna().all(axis=1)
+    saved = saved[whole]
+    return (dict(zip(saved["key"], saved[_FEATURES].to_numpy().tolist(), strict=True)),
+            dict(zip(saved["key"], saved["source"], strict=True)))
+
+
+def _processes(workers: int | None, images: int) -> int:
+    """How many processes prepare `images` images: an explicit `workers` (no more than there are images),
+    else every core from _POOL_MIN_IMAGES images up and one process below."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if images >= _POOL_MIN_IMAGES else 1
+    return max(1, min(workers, images))
+
+
+def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], workers: int | None,
                    progress: bool, verify: bool = False) -> dict[str, list]:
-    """Resize caches for every size and pHash/stat features for every image, skipping finished work.
+    """Resize caches for every size and pHash/stat features for every image, skipping finished work, in
+    `workers` processes (None: see _processes).
 
     Returns {image key: features}; the features and cache manifests are saved under meta/."""
     feature_path = layout.meta_dir / "image_features.csv"
-    features: dict[str, list] = {}
-    sources: dict[str, str] = {}
-    saved = _read_saved(feature_path, {"key": ".+", "source": _HASH,
-                                       **{f: _HASH if f.startswith("hash") else _FLOAT for f in _FEATURES}})
-    if saved is not None:
-        saved[_FEATURES[3:]] = saved[_FEATURES[3:]].astype(float)
-        features = dict(zip(saved["key"], saved[_FEATURES].to_numpy().tolist(), strict=True))
-        sources = dict(zip(saved["key"], saved["source"], strict=True))
+    features, sources = _saved_features(feature_path)
     manifests = {size: _load_manifest(layout, size) for size in sizes}
     tasks = []
     for ref in refs:
@@ -257,11 +288,14 @@ def process_images(layout: DataLayout, refs: list[ImageRef], sizes: list[int], w
                 todo[size] = True
         if todo or ref.key not in features:
             tasks.append((str(layout.root), ref, todo, ref.key not in features))
-    workers = workers if len(tasks) >= 64 else 1  # a pool only pays for itself on larger jobs
+    processes = _processes(workers, len(tasks))
+    if tasks:
+        log.info(f"{len(tasks)} images to prepare in {processes} process{'es' if processes > 1 else ''}")
+    chunk = max(1, min(16, len(tasks) // (4 * processes)))  # small enough to keep every process busy
     try:
         with tqdm(total=len(tasks), desc="caches, pHashes, stats", unit="img",
                   disable=bars_disabled(progress) or not tasks) as bar:
-            for key, cached, feats in imap(_image_task, tasks, workers, chunksize=16):
+            for key, cached, feats in imap(_image_task, tasks, processes, chunksize=chunk):
                 for size, fingerprints in cached.items():
                     manifests[size][key] = fingerprints
                 if feats is not None:
@@ -324,6 +358,8 @@ def write_splits(layout: DataLayout, train_meta, external_meta, test_ids,
     """Spec 3.1-3.3: 5 folds (plain and noleak/clean), the antibody split and its 'tr' variant.
 
     Returns the whole antibody split (train and valid rows), the input of the label correction."""
+    from hpa_tf.data import splits  # imported here: sklearn takes a second, which the pool's workers skip
+
     out = layout.split_dir
     write_csv_atomic(train_meta[["Id", "Target"]], out / f"train_{len(train_meta)}.csv")
     write_csv_atomic(pd.DataFrame({"Id": test_ids}), out / f"test_{len(test_ids)}.csv")
@@ -383,7 +419,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     sizes = sorted(set(sizes or default_sizes(layout)))
     if any(s < 1 for s in sizes):
         raise PrepareError(f"--sizes must be positive, got {sizes}")
-    workers = workers or os.cpu_count() or 1
+    if workers is not None and workers < 1:
+        raise PrepareError(f"--workers must be at least 1, got {workers}")
     remove_temporaries(_output_folders(layout, sizes))  # left by a run killed mid-write
     train_raw = read_raw_csv(layout.train_csv, ["Id", "Target"])
     test_raw = read_raw_csv(layout.sample_submission_csv, ["Id"])
@@ -398,6 +435,8 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
             "external": [ImageRef("external", "train", i) for i in external_meta["Id"]]}
     log.info(f"{len(refs['train'])} train, {len(refs['test'])} test, {len(refs['external'])} HPAv18 images; "
         f"resize caches at {sizes}")
+    # the splits' sklearn takes about a second to import: this process imports it while its workers work
+    threading.Thread(target=importlib.import_module, args=("hpa_tf.data.splits",)).start()
     features = process_images(layout, refs["train"] + refs["test"] + refs["external"], sizes, workers,
                               progress, verify)
 
@@ -413,7 +452,9 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     corrected = antibody_all
     extra = label_corrections(layout, corrections)
     if extra is not None:
-        corrected = splits.correct_external_labels(antibody_all, extra)
+        from hpa_tf.data.splits import correct_external_labels
+
+        corrected = correct_external_labels(antibody_all, extra)
         sources = [Path(p).name for p in (layout.train_extra_csv, corrections) if p and Path(p).is_file()]
         log.info(f"label correction from {' + '.join(sources)} (spec 3.4)")
     write_csv_atomic(corrected, layout.meta_dir / "external_antibody_correct_meta.csv")
@@ -421,10 +462,11 @@ def prepare(data_dir: str | Path, sizes: list[int] | None = None, workers: int |
     if tfrecords:  # imported here: TensorFlow is loaded only when asked for
         from hpa_tf.data.tfrecords import shard_paths, write_tfrecords
 
+        shard_workers = workers or os.cpu_count() or 1
         for size in sizes:
             for group, group_refs in refs.items():
-                folder = write_tfrecords(layout, group, group_refs, size, workers=workers, progress=progress,
-                                         verify=verify)
+                folder = write_tfrecords(layout, group, group_refs, size, workers=shard_workers,
+                                         progress=progress, verify=verify)
                 shards = shard_paths(layout, group, size)
                 megabytes = sum(p.stat().st_size for p in shards) / 2**20
                 log.info(f"TFRecords {group} {size}: {len(group_refs)} records, {len(shards)} shards, "
@@ -450,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "embedded synthetic demo dataset")
     parser.add_argument("--sizes", type=int, nargs="+", help="resize cache sizes (default: 768 1536 for "
                                                              "real data, the image size for synthetic)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes (default: all cores, or one below 64 images to prepare)")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars")
     parser.add_argument("--verify", action="store_true",
                         help="a rerun also checks each cache file's CRC-32 against the manifest (reads every "

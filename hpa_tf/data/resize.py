@@ -7,6 +7,7 @@ either the old file, no file, or a stray hidden `.tmp` file (which the next `pre
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -50,12 +51,12 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _resize_channels(rgby: np.ndarray, size: int) -> list[np.ndarray]:
-    """resize_bilinear of each channel of a uint8 (H, W, 4) image, as 4 planes: one cv2 call for all 4
-    (3-5x faster at 2048 px than 4 strided planes; the same pixels, as OpenCV resizes channels alike)."""
+def resize_rgby(rgby: np.ndarray, size: int) -> np.ndarray:
+    """resize_bilinear of each channel of a uint8 (H, W, 4) image, as (size, size, 4): one cv2 call for all
+    4 (3-5x faster at 2048 px than 4 strided planes; the same pixels, as OpenCV resizes channels alike)."""
     if rgby.dtype != np.uint8 or rgby.ndim != 3 or rgby.shape[:2] == (size, size):
-        return [resize_bilinear(rgby[..., c], size) for c in range(rgby.shape[-1])]
-    return list(cv2.split(_resize(rgby, size)))
+        return np.stack([resize_bilinear(rgby[..., c], size) for c in range(rgby.shape[-1])], axis=-1)
+    return _resize(rgby, size)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -71,7 +72,7 @@ def _encode_png(plane: np.ndarray) -> bytes:
     rows[:, 1] = plane[:, 0]
     np.subtract(plane[:, 1:], plane[:, :-1], out=rows[:, 2:])
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, not interlaced
-    idat = imagecodecs.deflate_encode(rows.tobytes(), level=1)  # a zlib stream, as PNG wants
+    idat = imagecodecs.deflate_encode(rows, level=1)  # a zlib stream, as PNG wants
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
@@ -103,7 +104,7 @@ def write_cache(layout: DataLayout, kind: str, split: str, image_id: str, size: 
     Returns the bytes written, in R, G, B, Y order (so that a caller can fingerprint them without a re-read).
     """
     paths = cache_paths(layout, kind, split, image_id, size)  # raises on an unknown kind
-    planes, written = _resize_channels(rgby, int(size)), []
+    planes, written = cv2.split(resize_rgby(rgby, int(size))), []
     for c, path in enumerate(paths.values()):
         data = _encode(planes[c], kind)
         write_atomic(path, lambda temp, data=data: temp.write_bytes(data))
@@ -165,12 +166,20 @@ def read_cached_rgby(layout: DataLayout, kind: str, split: str, image_id: str, s
 def channel_stats(rgby: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std (ddof 0) of one uint8 (H, W, 4) image, pixels / 255: float64 (4,) each.
 
-    These are the per-image terms of spec 4; the caller averages means and stds over images.
+    These are the per-image terms of spec 4; the caller averages means and stds over images. Exact and
+    without a float copy of the image: each channel's histogram gives integer sums of values and squares.
     """
     if not isinstance(rgby, np.ndarray) or rgby.ndim != 3 or rgby.shape[-1] != 4 or rgby.dtype != np.uint8:
         raise ValueError(
             f"expected a uint8 (H, W, 4) image, got {getattr(rgby, 'dtype', type(rgby).__name__)} "
             f"with shape {getattr(rgby, 'shape', None)}"
         )
-    x = rgby.reshape(-1, 4).astype(np.float64) / 255.0
-    return x.mean(axis=0), x.std(axis=0)
+    n = rgby.shape[0] * rgby.shape[1]
+    levels = np.arange(256, dtype=np.int64)
+    mean, std = np.empty(4), np.empty(4)
+    for c in range(4):
+        counts = np.bincount(rgby[..., c].ravel(), minlength=256)
+        total, squares = int(counts @ levels), int(counts @ levels**2)  # Python ints: no overflow
+        mean[c] = total / (255 * n)  # an int quotient, correctly rounded
+        std[c] = math.sqrt(n * squares - total * total) / (255 * n)  # n^2 var = n sum(x^2) - (sum x)^2
+    return mean, std
