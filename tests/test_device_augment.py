@@ -90,14 +90,23 @@ def test_a_training_step_on_device_equals_the_cpu_paths_step(prepared, tmp_path)
                                    device_augment=on_device)
         keras.utils.set_random_seed(0)
         trainer = build_trainer(config, DataLayout(root))
+        start = trainer.net.get_weights()
         train, valid = _datasets(root, on_device)
         history = trainer.fit(train.take(2), validation_data=valid.take(1), epochs=1, verbose=0)
-        results.append((history.history, trainer.net.get_weights()))
-    (cpu, cpu_weights), (device, device_weights) = results
+        results.append((history.history, start, trainer.net.get_weights()))
+    (cpu, cpu_start, cpu_weights), (device, device_start, device_weights) = results
     for key in ("loss", "val_loss", "val_focal"):
         assert device[key][0] == pytest.approx(cpu[key][0], rel=1e-4), key
-    # Adam's first steps turn the rounding of a near-zero gradient into a step of up to the learning rate:
-    # a handful of elements may differ that much, all others agree to float precision
-    a, b = (np.concatenate([w.ravel() for w in weights]) for weights in (cpu_weights, device_weights))
-    assert np.mean(~np.isclose(a, b, rtol=1e-3, atol=1e-5)) < 1e-3
-    np.testing.assert_allclose(a, b, atol=2 * float(trainer.optimizer.learning_rate))
+    flat = [np.concatenate([w.ravel() for w in weights])
+            for weights in (cpu_start, device_start, cpu_weights, device_weights)]
+    np.testing.assert_array_equal(flat[0], flat[1])
+    lr = float(trainer.optimizer.learning_rate)
+    assert np.mean(flat[2] != flat[0]) > 0.5  # the steps moved most weights
+    # The inputs are the same to the bit (test above); the two step graphs round differently. Adam divides
+    # each gradient by its own running size, so where a gradient is near its rounding, the step's few
+    # ulps become a visible part of the learning rate: compare the steps on the learning rate's scale. Most
+    # elements agree to a thousandth of it, nearly all to 5% of it, a sign flip costs at most 2 of it.
+    gap = np.abs(flat[2] - flat[3]) / lr
+    assert np.median(gap) < 1e-3
+    assert np.mean(gap > 0.05) < 1e-3
+    assert gap.max() <= 2

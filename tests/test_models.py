@@ -29,8 +29,16 @@ def _rgb_and_rgb0(size: int, n: int = 2, seed: int = 0):
 # Each family's own preprocessing, as Keras exports it: what the adapter must reproduce from torch input.
 FAMILY_PREPROCESS = {MINI: keras.applications.densenet, "densenet121": keras.applications.densenet,
                      "vgg16": keras.applications.vgg16, "inceptionv3": keras.applications.inception_v3}
-STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "vgg16": "block1_conv1",
-             "inceptionv3": "conv2d"}
+STEM_CONV = {MINI: "conv1_conv", "densenet121": "conv1_conv", "vgg16": "block1_conv1"}
+
+
+def _stem_conv(name: str, source: keras.Model) -> str:
+    """The stem convolution's name. InceptionV3's convolutions have Keras' automatic names, numbered on
+    from any unnamed Conv2D built earlier in the process ("conv2d" only when it is the first): its first
+    Conv2D."""
+    if name in STEM_CONV:
+        return STEM_CONV[name]
+    return next(layer.name for layer in source.layers if isinstance(layer, keras.layers.Conv2D))
 
 
 @pytest.fixture(params=list(FAMILY_PREPROCESS))
@@ -65,8 +73,10 @@ def test_families_that_normalise_inside_are_refused_with_the_reason(name):
 def test_yellow_kernel_copies_the_slice_that_reads_red(adapted):
     """VGG's caffe weights read BGR, so red is input slice 2 there; 0 for DenseNet and Inception."""
     name, source, model = adapted
-    kernel3 = source.get_layer(STEM_CONV[name]).get_weights()[0]
-    kernel4 = model.get_layer(STEM_CONV[name]).get_weights()[0]
+    stem = _stem_conv(name, source)
+    kernel3 = source.get_layer(stem).get_weights()[0]
+    kernel4 = model.get_layer(stem).get_weights()[0]
+    assert kernel3.shape[2] == 3 and kernel4.shape[2] == 4
     red = 2 if name == "vgg16" else 0
     np.testing.assert_array_equal(kernel4[:, :, :3], kernel3)
     np.testing.assert_array_equal(kernel4[:, :, 3], kernel3[:, :, red])
