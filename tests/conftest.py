@@ -72,3 +72,22 @@ def trained_runs(prepared, tmp_path_factory):
     train_embedder(metric, progress=False)
     extract(run_folder(metric), ["test", "kaggle", "ext"], progress=False)
     return root, out
+
+
+@pytest.fixture(scope="session")
+def default_submission(trained_runs, tmp_path_factory):
+    """(OUTPUT, what it printed) of one `infer.py --submission --runs RUNS --output OUTPUT` with the demo
+    defaults (the data of the classifier runs, every trained fold, seed 0, the metric run RUNS/metric_demo)
+    on the session's trained runs, OUTPUT alone in its folder with its side files. Shared: read it only
+    (copy a file into the test's tmp_path before changing it)."""
+    import contextlib
+    import io
+
+    from hpa_tf.cli import infer
+
+    output = tmp_path_factory.mktemp("submission") / "submission.csv"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = infer.main(["--submission", "--runs", str(trained_runs[1]), "--output", str(output)])
+    assert status == 0, printed.getvalue()[-3000:]
+    return output, printed.getvalue()

@@ -73,12 +73,10 @@ def test_prepare_killed_after_its_image_stage_reruns_to_the_same_files(tiny_data
 
 
 @pytest.fixture(scope="module")
-def reference_submission(trained_runs, tmp_path_factory) -> Path:
-    """The output folder of one uninterrupted `infer.py --submission` on the session's trained runs."""
-    folder = tmp_path_factory.mktemp("reference")
-    assert infer.main(["--submission", "--runs", str(trained_runs[1]), "--output",
-                       str(folder / "submission.csv")]) == 0
-    return folder
+def reference_submission(default_submission) -> Path:
+    """The output folder of one uninterrupted `infer.py --submission --runs RUNS --output
+    FOLDER/submission.csv` on the session's trained runs (conftest.default_submission: read only)."""
+    return default_submission[0].parent
 
 
 def _same_outputs(folder: Path, reference: Path) -> None:

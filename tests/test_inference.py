@@ -104,14 +104,12 @@ def test_tta_max_equals_the_max_over_numpy_dihedral_views(trained_runs):
         tta_probabilities(model, source, frame, 32, seeds=(0,), views=["rot45"])
 
 
-def test_infer_submission_on_tiny(trained_runs, tmp_path, capsys):
+def test_infer_submission_on_tiny(trained_runs, default_submission):
     """The demo defaults: the data of the classifier runs, every trained fold, seed 0, the metric run
-    RUNS/metric_demo; the labels after each step in OUTPUT.steps.csv."""
+    RUNS/metric_demo; the labels after each step in OUTPUT.steps.csv (the session's `--submission --runs
+    RUNS --output OUTPUT`, conftest.default_submission)."""
     root, out = trained_runs
-    output = tmp_path / "submission.csv"
-    args = ["--submission", "--runs", str(out), "--output", str(output)]
-    assert infer.main(args) == 0
-    printed = capsys.readouterr().out
+    output, printed = default_submission
     for step in ("cnn@0.5", "thresholds", "leak", "neighbours"):
         assert f"macro-F1 after {step}:" in printed
     _check_evidence(root, out / "metric_demo", output, printed)
@@ -314,19 +312,29 @@ def test_infer_names_a_test_id_without_images(trained_runs, tmp_path, capsys):
     assert not output.exists()
 
 
-def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, tmp_path):
+def test_served_labels_equal_the_submissions_thresholded_labels(trained_runs, default_submission, tmp_path):
     """The exported ensemble on the test cache images gives the `thresholds` step of `--submission
-    --seeds 0` for every image outside a duplicate group; an export beside one becomes version 2."""
+    --seeds 0` (the session's demo submission: that step and the serving record come before the leak and
+    neighbour steps) for every image outside a duplicate group; an export beside one becomes version 2.
+    A submission without a metric run removes an earlier run's neighbour evidence."""
+    import shutil
+
     import tensorflow as tf
     from PIL import Image
 
     root, out = trained_runs
-    output = tmp_path / "submission.csv"
-    common = ["--runs", str(out), "--output", str(output), "--quiet"]
-    stale = output.with_suffix(".neighbours.csv")
+    alone_fold = tmp_path / "fold0" / "submission.csv"
+    stale = alone_fold.with_suffix(".neighbours.csv")
+    stale.parent.mkdir()
     stale.write_text("Id,replaced\nx,True\n")  # an earlier run's evidence
-    assert infer.main(["--submission", "--seeds", "0", "--metric-run", "none", "--no-leak", *common]) == 0
+    assert infer.main(["--submission", "--runs", str(out), "--folds", "0", "--seeds", "0", "--metric-run",
+                       "none", "--no-leak", "--output", str(alone_fold), "--quiet"]) == 0
     assert not stale.exists()  # no neighbour step: no evidence that would describe another submission
+    submission, _ = default_submission
+    output = tmp_path / "submission.csv"
+    shutil.copy(submission.with_suffix(".serving.json"), output.with_suffix(".serving.json"))  # --export's
+    shutil.copy(submission.with_suffix(".steps.csv"), output.with_suffix(".steps.csv"))
+    common = ["--runs", str(out), "--output", str(output), "--quiet"]
     serving = tmp_path / "serving"
     (serving / "classifier" / "1").mkdir(parents=True)
     assert infer.main(["--export", str(serving), *common]) == 0  # the classifier and the embedder

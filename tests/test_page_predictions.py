@@ -4,6 +4,7 @@ missing cache file is predicted again and equals a prediction made directly."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,24 +24,35 @@ from hpa_tf.models.loading import load_classifier
 
 @pytest.fixture(scope="module")
 def tiny(trained_runs, tmp_path_factory):
-    """(config with its submission and validation files in a module folder, runs, metric run, pool)."""
+    """(config with its submission and validation files in a module folder, runs, metric run, pool); while
+    the module runs, each fold is loaded once (load_classifier of the same folder gives the same (model,
+    config), here and to every ImagePredictions: the tests only predict with them)."""
     _, out = trained_runs
     folder = tmp_path_factory.mktemp("page")
     config = InferenceConfig(runs=str(out), output=str(folder / "s.csv"),
                              validation_csv=str(folder / "validation.csv"))
     runs, embedder, pool = open_pool(config, "--serve")
-    return config, runs, embedder, pool
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(page, "load_classifier", functools.cache(load_classifier))
+        yield config, runs, embedder, pool
+    DIRECT.clear()
+
+
+DIRECT: dict = {}  # (fold folders, image Id) -> direct()'s probabilities, while the module runs
 
 
 def direct(runs, query) -> np.ndarray:
     """The folds' mean of the 8 dihedral views of the whole image, combined by max (serving without a
-    submission), computed here fold by fold."""
-    probs = []
-    for fold in runs.folds:
-        model, config = load_classifier(fold.root)
-        source, frame = page.query_input(runs.data, query, config)
-        probs.append(tta_probabilities(model, source, frame, config.crop_size, seeds=(0,))[0])
-    return np.mean(probs, axis=0)
+    submission), computed here fold by fold (once per image)."""
+    key = (tuple(fold.root for fold in runs.folds), query.image_id)
+    if key not in DIRECT:
+        probs = []
+        for fold in runs.folds:
+            model, config = page.load_classifier(fold.root)
+            source, frame = page.query_input(runs.data, query, config)
+            probs.append(tta_probabilities(model, source, frame, config.crop_size, seeds=(0,))[0])
+        DIRECT[key] = np.mean(probs, axis=0)
+    return DIRECT[key]
 
 
 def logged(caplog) -> list[str]:
