@@ -95,6 +95,7 @@ def test_a_damaged_cache_file_is_predicted_again_with_one_log_line(tiny, damage,
     path = predictions.cache.file(query.image_id)
     good = predictions.of(query).probabilities
     path.write_bytes(path.read_bytes()[:-30] if damage == "cut" else damage)
+    caplog.clear()  # the first prediction's line (logged when a command set the package's level before)
     with caplog.at_level(logging.INFO, logger=page.__name__):
         again = page.ImagePredictions(config, runs).of(query)
     np.testing.assert_array_equal(again.probabilities, good)
@@ -114,6 +115,7 @@ def test_a_cache_file_of_other_views_is_predicted_again(tiny, caplog):
     good = predictions.of(query).probabilities
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "views": ["default"], "probabilities": [0.9] * 28}))
+    caplog.clear()  # the first prediction's line (logged when a command set the package's level before)
     with caplog.at_level(logging.INFO, logger=page.__name__):
         again = predictions.of(query)
     np.testing.assert_array_equal(again.probabilities, good)
@@ -147,6 +149,7 @@ def test_test_and_training_images_read_the_submission_and_out_of_fold_probabilit
     query = find_query(pool, embedder.root, runs.data, train_ids[0])
     checkpoint = runs.folds[0].best_weights.stat().st_mtime_ns
     os.utime(files["oof"].probabilities, ns=(checkpoint - 10**9, checkpoint - 10**9))
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger=page.__name__):
         assert predictions.of(query).source == page.SERVING
     assert logged(caplog)[0].startswith(f"note: {files['oof'].probabilities} is older than a fold's")
