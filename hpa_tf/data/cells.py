@@ -377,6 +377,9 @@ def render_field(rng: np.random.Generator, labels: list[int], style: FieldStyle,
     canvas = _Canvas(size)
     fields = [_reference_stains(canvas, cell, style.texture_phase, line) for cell in cells]
     expression = [cell.intensity * (1.0 - style.spread * float(rng.uniform())) for cell in cells]
+    for f in fields:
+        if f:
+            f["profile"] = _profile(f, style)  # once a cell: every pattern and the faint staining use it
     green = np.zeros((size, size), np.float32)
     for cls in sorted(labels):
         showing = [True] * len(cells)
@@ -392,8 +395,8 @@ def render_field(rng: np.random.Generator, labels: list[int], style: FieldStyle,
             pattern = _field_pattern(cls, f, cell, style) if f and show else None
             if pattern is not None:
                 target = green[f["region"]]
-                np.maximum(target, style.weights[cls] * level * pattern * _profile(f, style), out=target)
-    _nonspecific(green, cells, fields, expression, style)
+                np.maximum(target, style.weights[cls] * level * pattern * f["profile"], out=target)
+    _nonspecific(green, fields, expression, style)
     _granulate(rng, green, cells, style)
     canvas.planes["g"] = np.clip(green, 0, 1) * style.gain
     planes = np.stack([canvas.planes[c] for c in ("r", "g", "b", "y")])  # channel-first while processing
@@ -405,15 +408,14 @@ def _profile(f: dict, style: FieldStyle) -> np.ndarray:
     return np.clip(1.0 + style.radial * (f["rho"] - 0.5), 0.2, None)
 
 
-def _nonspecific(green: np.ndarray, cells: list[Cell], fields: list[dict], expression: list[float],
-                 style: FieldStyle) -> None:
+def _nonspecific(green: np.ndarray, fields: list[dict], expression: list[float], style: FieldStyle) -> None:
     """Add the antibody's faint staining of the whole cell (its share in the nucleus its own)."""
     if style.diffuse <= 0:
         return
     for f, level in zip(fields, expression, strict=True):
         if f:
             share = style.diffuse_nuclear * f["nucleus"] + (1 - style.diffuse_nuclear) * f["cyto"]
-            green[f["region"]] += style.diffuse * level * share * _profile(f, style)
+            green[f["region"]] += style.diffuse * level * share * f["profile"]
 
 
 def _granulate(rng: np.random.Generator, green: np.ndarray, cells: list[Cell], style: FieldStyle) -> None:

@@ -215,12 +215,12 @@ def _assign_ids(rng: np.random.Generator, plan: Plan) -> None:
     per_well: dict[tuple[int, int, str], int] = {}
     for image in plan.images:
         if image.split == "external":
-            wells = plan.antibodies[image.antibody].wells.setdefault(image.line, [])
+            antibody = plan.antibodies[image.antibody]
+            wells = antibody.wells.setdefault(image.line, [])
             if not wells or rng.uniform() < 0.25:  # a cell line's fields come from one well or a few
                 well = f"{'ABCDEFGH'[int(rng.integers(8))]}{int(rng.integers(1, 13))}"
                 wells.append((int(rng.integers(1000, 2000)), well))
             plate, well = wells[int(rng.integers(len(wells)))]
-            antibody = plan.antibodies[image.antibody]
             key = (antibody.number, plate, well)
             per_well[key] = per_well.get(key, 0) + 1
             image.image_id = f"{antibody.number}_{plate}_{well}_{per_well[key]}"
