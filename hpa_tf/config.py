@@ -4,6 +4,7 @@ reference runs (spec 8.1, 8.2) and the demos, and the inference settings of `pyt
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -194,11 +195,11 @@ class InferenceConfig:
     ratio_source: str = "train"  # label ratios of the thresholds
     leak: bool = True
     match_threshold: float | str = AUTO
-    impostor_rate: float = 0.01  # the largest share of val images that may match another antibody
+    impostor_rate: float | None = None  # auto's optional cap: share of val images matching another antibody
     neighbour_k: int = 3  # nearest HPAv18 images per test image in OUTPUT.neighbours.csv
     output: str = "submission.csv"
     batch_size: int = 4  # images per forward pass, each with all its views
-    validation_csv: str = "validation.csv"
+    validation_csv: str | None = None  # validation.csv beside output
     k: int = 8  # neighbours per gallery image
     noise_neighbours: int = 10
     noise_similarity: float | None = None  # calibrated when None
@@ -218,11 +219,17 @@ class InferenceConfig:
     def tta_seeds(self) -> tuple[int, ...]:
         return tuple(self.seeds or (DEMO_TTA_SEEDS if self.demo else TTA_SEEDS))
 
+    @property
+    def validation_table(self) -> str:
+        """Where --validate writes its table (its probability files beside it): --validation-csv, else
+        validation.csv beside --output."""
+        return self.validation_csv or os.path.join(os.path.dirname(self.output), "validation.csv")
+
     def validate(self) -> None:
         """ConfigError naming the first setting out of range."""
         if min(self.k, self.noise_neighbours, self.neighbour_k) < 1:
             raise ConfigError("--k, --noise-neighbours and --neighbour-k must be at least 1")
-        if not 0 < self.impostor_rate < 1:
+        if self.impostor_rate is not None and not 0 < self.impostor_rate < 1:
             raise ConfigError(f"--impostor-rate must lie between 0 and 1, got {self.impostor_rate}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be 1..65535, got {self.port}")

@@ -120,15 +120,23 @@ def nearest_neighbour_accuracy(query_feats, query_labels, reference_feats, refer
     return float(np.mean(np.asarray(reference_labels)[best[:, 0]] == np.asarray(query_labels)))
 
 
-def best_cosine_elsewhere(queries: np.ndarray, query_groups, references: np.ndarray, reference_groups,
-                          chunk: int = 1024) -> np.ndarray:
-    """[Q] best cosine of each query to a reference of another group (-inf when there is none), both
-    inputs in matching space: how close an image comes to the references when its own antibody is not
-    among them."""
+def best_elsewhere(queries: np.ndarray, query_groups, references: np.ndarray, reference_groups,
+                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """([Q] index, [Q] cosine) of each query's best reference of another group (-1, -inf when there is
+    none), both inputs in matching space: the image an image comes closest to when its own antibody is not
+    among the references."""
     query_groups, reference_groups = np.asarray(query_groups), np.asarray(reference_groups)
-    best = np.empty(len(queries), dtype=np.float32)
+    index = np.full(len(queries), -1, dtype=np.int64)
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    if not len(references):
+        return index, best
     for start in range(0, len(queries), chunk):
         sims = queries[start:start + chunk] @ references.T
         same = query_groups[start:start + chunk, None] == reference_groups[None, :]
-        best[start:start + chunk] = np.where(same, -np.inf, sims).max(axis=1, initial=-np.inf)
-    return best
+        sims = np.where(same, -np.inf, sims)
+        top = sims.argmax(axis=1)
+        cosine = sims[np.arange(len(top)), top]
+        found = np.isfinite(cosine)
+        index[start:start + chunk] = np.where(found, top, -1)
+        best[start:start + chunk] = cosine
+    return index, best

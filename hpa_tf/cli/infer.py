@@ -35,11 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the validation ensemble (spec 9.2-9.3): each trained fold predicts its own validation split "
              "with the same TTA; the out-of-fold set's macro-F1 at 0.5 and at ratio thresholds, with and "
              "without the top-1 rule, and per class, printed and written to --validation-csv")
-    add("--validation-csv", default=d.validation_csv, help="where --validate writes its table")
+    add("--validation-csv", default=d.validation_csv,
+        help="where --validate writes its table, its out-of-fold probabilities beside it (default: "
+             "validation.csv beside --output)")
     add("--sweep", action="store_true",
         help="print the match-threshold sweep on the antibody val split (spec 10.4: each val HPAv18 image "
              "against the antibody-train images; impostors: val images whose best image of another "
-             "antibody is above the threshold) and the threshold --match-threshold auto takes from it")
+             "antibody is above the threshold; gain: right label sets expected per test image) and the "
+             "threshold --match-threshold auto takes from it")
     add("--data-dir", default=None, help="prepared dataset root (default: the synthetic demo dataset)")
     add("--runs", default=d.runs, help="results root of train_classifier.py / train_metric.py")
     add("--run", default=None, help="classifier run name (default: demo, or i768 with --data-dir)")
@@ -62,12 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "checkpoint; 'none' skips the replacement")
     add("--match-threshold", type=match_threshold, default=d.match_threshold,
         help="replace a test image's labels by its nearest HPAv18 image's when their cosine is above this; "
-             "auto (default): the lowest threshold of the antibody-val sweep (--sweep) at which at most "
-             "--impostor-rate of the val images find an image of another antibody above it (the original "
-             f"used {REFERENCE_MATCH_THRESHOLD} for its own embedding)")
+             "auto (default): the threshold of the antibody-val sweep (--sweep) at which replacing is "
+             "expected to make the most label sets right, weighed against the classifier's out-of-fold "
+             "labels (those of --validation-csv, computed first when missing or stale); the original used "
+             f"{REFERENCE_MATCH_THRESHOLD} for its own embedding")
     add("--impostor-rate", type=float, default=d.impostor_rate,
-        help="with --match-threshold auto: the largest share of antibody-val images allowed to match another "
-             "antibody above the threshold")
+        help="with --match-threshold auto: only thresholds at which at most this share of the antibody-val "
+             "images find an image of another antibody above them (default: no cap)")
     add("--neighbour-k", type=int, default=d.neighbour_k,
         help="nearest HPAv18 images per test image in OUTPUT.neighbours.csv (the neighbour step's "
              "evidence: Id, antibody, cosine, labels of each, labels before and after, replaced)")

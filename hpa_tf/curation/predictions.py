@@ -73,7 +73,7 @@ class ImagePredictions:
         self.config, self.runs = config, runs
         self.cache = PredictionCache(classifier_run(config))
         self.sources = [("submission", SubmissionFiles(config.output)),
-                        ("out-of-fold validation", ValidationFiles(config.validation_csv))]
+                        ("out-of-fold validation", ValidationFiles(config.validation_table))]
         self._tables: dict = {}  # probability file -> (its stat, (row of each Id, probs, thresholds) | None)
         self._folds: list[tuple] | None = None
         self._lock = threading.RLock()  # loading the folds, predicting (one image at a time)

@@ -179,11 +179,13 @@ SWEEP = np.arange(0.60, 0.80, 0.01)  # the thresholds the reference printed
 
 
 def threshold_sweep(best_cosine: np.ndarray, same_antibody: np.ndarray, same_target: np.ndarray,
-                    thresholds=SWEEP, elsewhere: np.ndarray | None = None) -> list[dict]:
+                    thresholds=SWEEP, elsewhere: np.ndarray | None = None,
+                    elsewhere_target: np.ndarray | None = None) -> list[dict]:
     """What the reference printed per threshold on val (spec 10.4): queries selected (cosine > t),
     matches of the same antibody, correct label sets, acc = correct / selected, recall = correct / all
     queries, and their F1; with `elsewhere` (each query's best cosine to another antibody) also the
-    impostors above t and their share of all queries."""
+    impostors above t, their share of all queries and (`elsewhere_target`: that image has the query's
+    label set) how many of them would still get the right labels."""
     rows = []
     for t in thresholds:
         selected = np.asarray(best_cosine) > t
@@ -197,6 +199,8 @@ def threshold_sweep(best_cosine: np.ndarray, same_antibody: np.ndarray, same_tar
         if elsewhere is not None:
             impostors = int((np.asarray(elsewhere) > t).sum())
             row.update(impostors=impostors, impostor_rate=impostors / len(selected) if len(selected) else 0.0)
+            if elsewhere_target is not None:
+                row["impostors_correct"] = int(((np.asarray(elsewhere) > t) & elsewhere_target).sum())
         rows.append(row)
     return rows
 

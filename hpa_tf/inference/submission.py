@@ -14,8 +14,7 @@ import pandas as pd
 from hpa_tf.atomic import remove_temporaries, save_npy_atomic, write_csv_atomic, write_json_atomic
 from hpa_tf.config import AUTO, InferenceConfig
 from hpa_tf.data import pipeline
-from hpa_tf.embeddings import load_embeddings
-from hpa_tf.inference.match_threshold import choose, val_sweep
+from hpa_tf.inference.match_threshold import auto_threshold, matching_embeddings
 from hpa_tf.inference.neighbours import cached_index, evidence_table, match, replace_labels
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import (
@@ -32,7 +31,6 @@ from hpa_tf.labels import LABEL_NAMES, format_target, multihot_to_target, parse_
 from hpa_tf.layout import DataLayout, RunLayout, SubmissionFiles, read_table
 from hpa_tf.metrics import macro_f1
 from hpa_tf.models.loading import load_classifier
-from hpa_tf.training.embedder import ensure_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -69,46 +67,30 @@ def ensemble_probabilities(config: InferenceConfig, folds: list[RunLayout], layo
     return fold_probs, np.mean(fold_whole, axis=0)
 
 
-def matching_embeddings(config: InferenceConfig, embedder: RunLayout, layout: DataLayout, ids: list[str]
-                        ) -> dict:
-    """The metric run's test and HPAv18 embeddings (extracted first where missing or stale) and the
-    HPAv18 labels, checked before the long part: ids in sample_submission order, equal dimensions, every
-    HPAv18 id labelled, every value finite."""
-    ensure_embeddings(embedder.root, ["test", "ext"], progress=config.progress, data_dir=layout.root)
-    test_feats, test_ids = load_embeddings(embedder.embeddings("test"))
-    ext_feats, ext_ids = load_embeddings(embedder.embeddings("ext"))
-    if test_ids.tolist() != list(ids):
-        raise InferenceError(f"{embedder.embeddings('test')}: its ids are not the test Ids of "
-                             "sample_submission in order; extract them again (train_metric.py --extract)")
-    if test_feats.shape[1] != ext_feats.shape[1]:
-        raise InferenceError(f"embedding dimensions differ: test {test_feats.shape[1]}, "
-                             f"ext {ext_feats.shape[1]}")
-    corrected = layout.read_meta("external_antibody_correct_meta.csv").set_index("Id")
-    missing = [i for i in ext_ids if i not in corrected.index]
-    if missing:
-        raise InferenceError(f"{embedder.embeddings('ext').name} has {len(missing)} ids without labels, "
-                             f"e.g. {missing[0]}")
-    return {"test": test_feats, "ext": ext_feats, "ext_ids": ext_ids,
-            "ext_meta": corrected.loc[ext_ids, ["antibody", "Target"]].reset_index()}
-
-
-def match_threshold(config: InferenceConfig, layout: DataLayout, embeddings: dict) -> float:
-    """The neighbour step's cosine threshold: --match-threshold as given, or (auto) chosen on the antibody
-    val sweep of these embeddings and logged with the sweep row it came from."""
+def match_threshold(config: InferenceConfig, runs: TrainedRuns, embeddings: dict, test_cosines: np.ndarray
+                    ) -> float:
+    """The neighbour step's cosine threshold: --match-threshold as given, or (auto) chosen from the antibody
+    val sweep of these embeddings and the classifier's out-of-fold labels, logged with its sweep row."""
     if config.match_threshold != AUTO:
         return float(config.match_threshold)
-    choice = choose(val_sweep(embeddings["ext"], embeddings["ext_ids"], layout), config.impostor_rate)
+    choice, _ = auto_threshold(config, runs, embeddings["ext"], embeddings["ext_ids"], test_cosines)
     log.info(choice.describe())
     return choice.threshold
 
 
-def neighbour_step(config: InferenceConfig, embedder: RunLayout, embeddings: dict, ids: list[str],
-                   before: list[str], threshold: float) -> tuple[list[str], pd.DataFrame]:
-    """Spec 10.5: label sets replaced from the nearest HPAv18 image where its cosine is above `threshold`;
-    returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
-    test_feats, ext_feats = embeddings["test"], embeddings["ext"]
-    index = cached_index(embedder.embeddings("ext"), ext_feats, embedder.index)
-    indices, cosines = match(test_feats, ext_feats, k=config.neighbour_k, index=index)
+def nearest_references(config: InferenceConfig, embedder: RunLayout, embeddings: dict
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosines) [N, --neighbour-k] of each test image's nearest HPAv18 images, best first, through
+    the metric run's saved index (built first where missing, stale or damaged)."""
+    index = cached_index(embedder.embeddings("ext"), embeddings["ext"], embedder.index)
+    return match(embeddings["test"], embeddings["ext"], k=config.neighbour_k, index=index)
+
+
+def neighbour_step(ids: list[str], before: list[str], embeddings: dict, nearest: tuple, threshold: float
+                   ) -> tuple[list[str], pd.DataFrame]:
+    """Spec 10.5: label sets replaced from the nearest HPAv18 image (`nearest`: nearest_references) where
+    its cosine is above `threshold`; returns (targets, the evidence table of OUTPUT.neighbours.csv)."""
+    indices, cosines = nearest
     references = embeddings["ext_meta"]
     after, replaced = replace_labels(before, indices[:, 0], cosines[:, 0], references["Target"].tolist(),
                                      threshold)
@@ -142,10 +124,10 @@ def make_submission(config: InferenceConfig, runs: TrainedRuns) -> dict:
     layout, embedder = runs.data, runs.embedder
     test = read_table(layout.sample_submission_csv, ["Id"])[["Id"]]
     ids = test["Id"].tolist()
-    embeddings = threshold = None  # before the long part: fails early, or extracts what is missing
+    embeddings = nearest = threshold = None  # before the long part: fails early, or extracts what is missing
     if embedder is not None:
         embeddings = matching_embeddings(config, embedder, layout, ids)
-        threshold = match_threshold(config, layout, embeddings)
+        nearest = nearest_references(config, embedder, embeddings)
     fold_probs, whole = ensemble_probabilities(config, runs.folds, layout, test)
     groups = duplicate_groups(ids, layout.read_meta("test_match_test.csv"))
     probs, whole = group_mean(np.mean(fold_probs, axis=0), groups), group_mean(whole, groups)
@@ -159,7 +141,8 @@ def make_submission(config: InferenceConfig, runs: TrainedRuns) -> dict:
         steps.append(("leak", leak_replace(ids, steps[-1][1], layout.read_meta("test_leak_meta.csv"))[0]))
     evidence = None
     if embedder is not None:
-        targets, evidence = neighbour_step(config, embedder, embeddings, ids, steps[-1][1], threshold)
+        threshold = match_threshold(config, runs, embeddings, nearest[1][:, 0])
+        targets, evidence = neighbour_step(ids, steps[-1][1], embeddings, nearest, threshold)
         steps.append(("neighbours", targets))
     # Every output at the end, each atomically: a failed step above leaves the previous run's files.
     files = SubmissionFiles(config.output)

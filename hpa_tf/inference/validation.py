@@ -4,6 +4,7 @@ the 0.5 threshold and the ratio thresholds, each with and without the top-1 rule
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,11 +14,18 @@ import pandas as pd
 from hpa_tf.atomic import write_csv_atomic
 from hpa_tf.config import TTA_SEEDS, ClassifierConfig, InferenceConfig
 from hpa_tf.data import pipeline
+from hpa_tf.errors import HpaTfError
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, ratios
-from hpa_tf.inference.predict import InferenceError, check_images, tta_probabilities, write_probabilities
+from hpa_tf.inference.predict import (
+    InferenceError,
+    check_images,
+    read_probabilities,
+    tta_probabilities,
+    write_probabilities,
+)
 from hpa_tf.inference.runs import resolve
 from hpa_tf.labels import LABEL_NAMES, NUM_CLASSES
-from hpa_tf.layout import RunLayout, ValidationFiles, run_dataset
+from hpa_tf.layout import RunLayout, ValidationFiles, read_table, run_dataset
 from hpa_tf.metrics import f1_per_class
 from hpa_tf.models.loading import load_classifier
 from hpa_tf.training.classifier import split_frames
@@ -34,12 +42,14 @@ def f1_column(rule: str) -> str:
 
 # ------------------------------------------------------------------------------------------ predictions
 
-def fold_config(folder: str | Path) -> ClassifierConfig:
+def fold_config(folder: str | Path, data_dir: str | Path | None = None) -> ClassifierConfig:
     """A fold folder's configuration, after checking that it and its checkpoint exist (fail before the
-    long part)."""
+    long part); `data_dir` stands in for the dataset of a fold that names none (imported)."""
     run = RunLayout(folder)
     config = run.read_config(ClassifierConfig)
     run.checkpoint(ClassifierConfig)
+    if config.data_dir is None and data_dir is not None:
+        config = dataclasses.replace(config, data_dir=str(data_dir))
     return config
 
 
@@ -63,15 +73,15 @@ def check_folds(folders: list[Path], configs: list[ClassifierConfig]) -> None:
         seen[config.fold] = folder
 
 
-def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max",
-                batch_size: int = 4) -> tuple[pd.DataFrame, np.ndarray]:
-    """(frame with Id, Target, External, fold; float32 probabilities [N, 28] in its row order): each fold
-    folder's TTA predictions of its own validation split, concatenated in the order given (spec 9.3)."""
+def validation_jobs(folds, data_dir: str | Path | None = None) -> list[tuple]:
+    """(folder, config, image source, validation frame) of each fold folder, after every check that can
+    fail before the long part: distinct folds of one split, no image in two validation splits, images
+    present."""
     folders = [Path(f) for f in folds]
-    configs = [fold_config(f) for f in folders]
+    configs = [fold_config(f, data_dir) for f in folders]
     check_folds(folders, configs)
     jobs, owner = [], {}
-    for folder, config in zip(folders, configs, strict=True):  # every check before the long part
+    for folder, config in zip(folders, configs, strict=True):
         layout = run_dataset(config)
         _, valid = split_frames(layout, config.split, config.fold)
         for image_id in valid["Id"]:
@@ -82,15 +92,27 @@ def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max",
         source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
         check_images(source, valid, f"validation image {{}} of {folder}")
         jobs.append((folder, config, source, valid))
-    frames, probs = [], []
+    return jobs
+
+
+def out_of_fold_frame(jobs: list[tuple]) -> pd.DataFrame:
+    """Id, Target, External, fold of the folds' validation images, in out_of_fold's row order."""
+    return pd.concat([valid[["Id", "Target", "External"]].assign(fold=config.fold)
+                      for _, config, _, valid in jobs], ignore_index=True)
+
+
+def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max", batch_size: int = 4,
+                data_dir: str | Path | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """(frame with Id, Target, External, fold; float32 probabilities [N, 28] in its row order): each fold
+    folder's TTA predictions of its own validation split, concatenated in the order given (spec 9.3)."""
+    jobs = validation_jobs(folds, data_dir)
+    probs = []
     for folder, config, source, valid in jobs:
         model, _ = load_classifier(folder)
         probs.append(tta_probabilities(model, source, valid, config.crop_size, seeds=tuple(seeds),
                                        combine=combine, batch_size=batch_size, views=views))
-        frames.append(valid[["Id", "Target", "External"]].assign(fold=config.fold))
         log.info(f"{folder}: TTA probabilities of {len(valid)} validation images")
-    frame = pd.concat(frames, ignore_index=True)
-    return frame, np.concatenate(probs).astype(np.float32)
+    return out_of_fold_frame(jobs), np.concatenate(probs).astype(np.float32)
 
 
 def kaggle_rows(frame: pd.DataFrame) -> np.ndarray:
@@ -174,27 +196,61 @@ def read_validation(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary, per_class
 
 
-def validate(folds, ratio_source: str = "train", seeds=TTA_SEEDS, views=None, combine: str = "max",
-             batch_size: int = 4, path: str | Path = "validation.csv") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The folds' OOF predictions scored (ratios from `ratio_source` and the dataset's train_meta.csv,
-    spec 10.1) and written to `path`, the probabilities with their Ids, folds and fitted thresholds beside
-    it (layout.ValidationFiles, for the curators' pages); returns (summary, per_class)."""
-    frame, probs = out_of_fold(folds, seeds, views, combine, batch_size)
-    layout = run_dataset(fold_config(folds[0]))
-    target = ratios(ratio_source, pipeline.frame_labels(layout.read_meta("train_meta.csv")))
+def validate(config: InferenceConfig, folds) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The folds' OOF predictions (the TTA of `config`) scored (ratios from --ratios and the dataset's
+    train_meta.csv, spec 10.1) and written to --validation-csv, the probabilities with their Ids, folds and
+    fitted thresholds beside it (layout.ValidationFiles, for the curators' pages and the auto match
+    threshold); returns (summary, per_class)."""
+    frame, probs = out_of_fold(folds, config.tta_seeds, config.views, config.combine, config.batch_size,
+                               config.data_dir)
+    layout = run_dataset(fold_config(folds[0], config.data_dir))
+    target = ratios(config.ratio_source, pipeline.frame_labels(layout.read_meta("train_meta.csv")))
     summary, per_class = validation_report(pipeline.frame_labels(frame), probs, target, kaggle_rows(frame))
-    write_probabilities(ValidationFiles(path), frame[["Id", "fold"]], probs,
+    write_probabilities(ValidationFiles(config.validation_table), frame[["Id", "fold"]], probs,
                         per_class["threshold"].to_numpy())
-    write_validation(summary, per_class, path)
+    write_validation(summary, per_class, config.validation_table)
     return summary, per_class
 
 
 def run_validation(config: InferenceConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`infer.py --validate`: validate the trained folds of `config` and log both tables."""
     runs = resolve(config, need_folds=True)
-    summary, per_class = validate([fold.root for fold in runs.folds], config.ratio_source, config.tta_seeds,
-                                  config.views, config.combine, config.batch_size, config.validation_csv)
+    summary, per_class = validate(config, [fold.root for fold in runs.folds])
     log.info(per_class.round(4).to_string(index=False))
     log.info(summary.round(4).to_string(index=False))
-    log.info(f"validation table written to {config.validation_csv}")
+    log.info(f"validation table written to {config.validation_table}")
     return summary, per_class
+
+
+def saved_out_of_fold_problem(files: ValidationFiles, folds, frame: pd.DataFrame) -> str | None:
+    """Why the saved out-of-fold probabilities cannot stand for `folds` (whose validation rows are
+    `frame`): missing, damaged, other images or folds, or older than a fold's checkpoint; None when usable."""
+    if not files.probabilities.is_file():
+        return f"{files.probabilities} does not exist"
+    newest = max(RunLayout(f).checkpoint(ClassifierConfig).stat().st_mtime_ns for f in folds)
+    if files.probabilities.stat().st_mtime_ns < newest:
+        return f"{files.probabilities} is older than a fold's checkpoint"
+    try:
+        ids, _, _ = read_probabilities(files)
+        saved = read_table(files.prob_ids, ["Id", "fold"], written=True)
+    except HpaTfError as error:
+        return str(error)
+    folds_saved, folds_now = saved["fold"].astype(str).tolist(), frame["fold"].astype(str).tolist()
+    if ids != frame["Id"].tolist() or folds_saved != folds_now:
+        return f"{files.prob_ids} lists other images or folds than these folds' validation splits"
+    return None
+
+
+def label_set_accuracy(config: InferenceConfig, folds) -> float:
+    """The share of the folds' out-of-fold images whose whole label set the classifier gets right (ratio
+    thresholds + top-1, spec 10.1-10.2): read from --validation-csv's probability files when they are
+    these folds' and newer than their checkpoints, else `--validate` is run first (and writes them)."""
+    frame = out_of_fold_frame(validation_jobs(folds, config.data_dir))
+    files = ValidationFiles(config.validation_table)
+    problem = saved_out_of_fold_problem(files, folds, frame)
+    if problem is not None:
+        log.info(f"the classifier's out-of-fold labels are computed first, as --validate does ({problem})")
+        validate(config, folds)
+    _, probs, thresholds = read_probabilities(files)
+    right = (apply_thresholds(probs, thresholds) == pipeline.frame_labels(frame)).all(axis=1)
+    return float(right.mean())
