@@ -114,6 +114,11 @@ class ImagePredictions:
             known = self._tables[path] = (stamp, table)
         return known[1]
 
+    def load(self) -> None:
+        """Read the probability files now (else the first image page reads them)."""
+        for name, files in self.sources:
+            self._table(name, files)
+
     def of(self, query: Query) -> Prediction | None:
         """The query's prediction (None without a trained fold): a probability file's row, else the
         cached serving TTA, predicted first where it is missing, damaged or made by other checkpoints."""
