@@ -6,7 +6,8 @@ Stages the runs as real_profiles.py does: the synthetic `tiny` dataset prepared 
 folders (config.json as training writes it, one random-weight checkpoint each), and a metric run holding
 only random embeddings (used as they are without a checkpoint). The probability files are written at
 HPA's size: the submission's for 11,702 test Ids, the validation's out-of-fold ones for 105,072
-training Ids (the tiny images' and made-up ones), so that a page reads a file of the real size.
+training Ids (the tiny images' and made-up ones), so that a page reads a file of the real size; the
+annotated pool each page searches is padded to 105,072 images too.
 
     python benchmarks/curator_pages.py                  # in a temporary folder
     python benchmarks/curator_pages.py --work /tmp/cp   # keeps the prepared data for a rerun
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 TEST_ROWS, TRAIN_ROWS = 11_702, 105_072  # Kaggle test; Kaggle train + HPAv18 (the out-of-fold rows)
+POOL_ROWS = TRAIN_ROWS  # the annotated images a page searches for its nearest ones
 FOLDS = 5
 
 
@@ -94,6 +96,23 @@ def stage(work: Path) -> dict:
             "uncached": [kaggle_ids[0], ext_ids[0]]}
 
 
+def padded_pool(pool, rows: int):
+    """The annotated pool with made-up rows (random vectors, no files) up to `rows`: every page searches
+    the nearest annotated images among as many as HPA's."""
+    import numpy as np
+    import pandas as pd
+
+    from hpa_tf.curation.pool import AnnotatedPool
+    from hpa_tf.embeddings import l2_normalize
+
+    extra = rows - len(pool.frame)
+    padding = pd.DataFrame({"Id": [f"pool-padding-{n}" for n in range(extra)], "set": "ext", "Target": "0",
+                            "antibody": ""})
+    vectors = l2_normalize(np.random.default_rng(1).normal(size=(extra, pool.space.shape[1])))
+    return AnnotatedPool(pd.concat([pool.frame, padding], ignore_index=True),
+                         np.concatenate([pool.space, vectors]).astype(np.float32))
+
+
 def timed(client, path: str) -> float:
     start = time.perf_counter()
     response = client.get(path)
@@ -121,6 +140,7 @@ def main(argv=None) -> int:
         ids = {name: staged.pop(name) for name in ("test", "train")}
         config = InferenceConfig(**staged, run="i768", metric_run=str(Path(staged["runs"]) / "metric_i768"))
         curation = open_curation(config)
+        curation.pool = padded_pool(curation.pool, POOL_ROWS)
         for image_id in uncached:
             curation.predictions.cache.file(image_id).unlink(missing_ok=True)
         client = TestClient(create_app(curation, allowed_hosts=["testserver"]))

@@ -19,7 +19,12 @@ from hpa_tf.config import InferenceConfig
 from hpa_tf.embeddings import best_elsewhere, load_embeddings
 from hpa_tf.errors import InferenceError
 from hpa_tf.inference.match_threshold import GRID, NO_SHARE, antibody_share, choose, expected_gain
-from hpa_tf.inference.validation import label_set_accuracy
+from hpa_tf.inference.validation import (
+    label_set_accuracy,
+    out_of_fold_frame,
+    saved_out_of_fold_problem,
+    validation_jobs,
+)
 from hpa_tf.layout import DataLayout, ValidationFiles
 
 
@@ -105,11 +110,12 @@ def _oof_truth(root, folds):
 
 def test_label_set_accuracy_reuses_only_these_folds_fresh_files(trained_runs, tmp_path, caplog):
     """Computed first (files written as --validate writes them), then reused; files older than a checkpoint,
-    damaged, or of other folds are computed again. The value: exact label sets of the saved probabilities
-    with the top-1 rule, recomputed here."""
+    damaged, or of other folds are not used. The value: exact label sets of the saved probabilities with the
+    top-1 rule, recomputed here."""
     root, out = trained_runs
     folds = [out / "demo" / "fold0", out / "demo" / "fold1"]
-    config = InferenceConfig(runs=str(out), seeds=(0,), output=str(tmp_path / "submission.csv"))
+    config = InferenceConfig(runs=str(out), seeds=(0,), views=["default"],  # one view: quicker
+                             output=str(tmp_path / "submission.csv"))
     files = ValidationFiles(tmp_path / "validation.csv")
     caplog.set_level(logging.INFO, logger="hpa_tf")
     first = label_set_accuracy(config, folds)
@@ -121,15 +127,16 @@ def test_label_set_accuracy_reuses_only_these_folds_fresh_files(trained_runs, tm
     stamp = files.probabilities.stat().st_mtime_ns
     assert label_set_accuracy(config, folds) == first and "computed first" not in caplog.text
     assert files.probabilities.stat().st_mtime_ns == stamp  # reused, not written again
+
+    frames = {k: out_of_fold_frame(validation_jobs(folds[:k])) for k in (1, 2)}
+    assert saved_out_of_fold_problem(files, folds, frames[2]) is None
+    assert "other images or folds" in saved_out_of_fold_problem(files, folds[:1], frames[1])
     os.utime(files.probabilities, ns=(stamp, stamp - 10**12))  # older than the checkpoints
-    assert label_set_accuracy(config, folds) == first and "older than a fold's checkpoint" in caplog.text
-    caplog.clear()
+    assert "older than a fold's checkpoint" in saved_out_of_fold_problem(files, folds, frames[2])
     files.probabilities.write_bytes(files.probabilities.read_bytes()[:100])
-    assert label_set_accuracy(config, folds) == first and "is damaged" in caplog.text
-    caplog.clear()
-    label_set_accuracy(config, folds[:1])
-    assert "other images or folds" in caplog.text
-    assert len(np.load(files.probabilities)) == len(_oof_truth(root, (0,)))
+    assert "is damaged" in saved_out_of_fold_problem(files, folds, frames[2])
+    files.probabilities.unlink()
+    assert "does not exist" in saved_out_of_fold_problem(files, folds, frames[2])
 
 
 def test_infer_sweep_matches_brute_force_and_prints_the_choice(trained_runs, tmp_path, capsys):

@@ -112,7 +112,11 @@ def test_pages_show_an_image_its_neighbours_and_record_a_correction(curation, tr
     prediction = curation.predictions.of(query)
     assert f"({prediction.source})" in html.unescape(page) and prediction.labels
     section = page.split('<section id="explanations">', 1)[1].split("</section>", 1)[0]
-    assert re.findall(r'src="/explain/([^"]+)"', section) == [f"{copy}/{c}.png" for c in prediction.labels]
+    # the first map is requested with the page, each next one when the one before has come (the page's script)
+    assert re.findall(r'<img (?:data-)?src="/explain/([^"]+)"', section) == \
+        [f"{copy}/{c}.png" for c in prediction.labels]
+    assert section.count(' src="/explain/') == 1 and section.count(' data-src="/explain/') == \
+        len(prediction.labels) - 1
     maps = curation.explanations.maps(query, prediction.labels)
     for c in prediction.labels:
         served = client.get(f"/explain/{copy}/{c}.png")
