@@ -124,8 +124,8 @@ CLASSIFIER_PROFILES: dict[str, dict] = {
 }
 # Spec 8.2 (ResNet50 at 768, batch 32, FaceAdam 1e-4, 50 epochs), and its 2-core demo.
 EMBEDDER_PROFILES: dict[str, dict] = {
-    "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=64, batch_size=32, schedule="FaceAdam",
-                 epochs=16, lr_scale=10.0, init_from="demo/fold0", nn_every=4),
+    "demo": dict(backbone="densenet_2_2_2_2", weights=None, img_size=96, batch_size=32, schedule="FaceAdam",
+                 epochs=20, lr_scale=10.0, init_from="demo/fold0", nn_every=20),
     "i768": dict(backbone="resnet50", weights="torchvision", img_size=768, batch_size=32, schedule="FaceAdam",
                  epochs=50, nn_every=5),
 }
