@@ -15,7 +15,7 @@ import pandas as pd
 from hpa_tf.config import InferenceConfig
 from hpa_tf.embeddings import best_elsewhere, load_embeddings, matching_space
 from hpa_tf.errors import InferenceError
-from hpa_tf.inference.neighbours import match, threshold_sweep
+from hpa_tf.inference.neighbours import cached_index, match, threshold_sweep
 from hpa_tf.inference.runs import TrainedRuns, require_embedder, resolve
 from hpa_tf.inference.validation import label_set_accuracy
 from hpa_tf.labels import parse_target
@@ -114,6 +114,14 @@ def matching_embeddings(config: InferenceConfig, embedder: RunLayout, layout: Da
             "ext_meta": corrected.loc[ext_ids, ["antibody", "Target"]].reset_index()}
 
 
+def nearest_references(config: InferenceConfig, embedder: RunLayout, embeddings: dict
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosines) [N, --neighbour-k] of each test image's nearest HPAv18 images, best first, through
+    the metric run's saved index (built first where missing, stale or damaged)."""
+    index = cached_index(embedder.embeddings("ext"), embeddings["ext"], embedder.index)
+    return match(embeddings["test"], embeddings["ext"], k=config.neighbour_k, index=index)
+
+
 def antibody_share(sweep: pd.DataFrame, queries: int, test_cosines: np.ndarray) -> float:
     """The estimated share of test images whose antibody has HPAv18 images, from no truth: the test set's
     share above each threshold fitted (least squares) as a mix of the val images' share with their antibody
@@ -188,7 +196,7 @@ def run_sweep(config: InferenceConfig) -> Choice:
     embedder = require_embedder(runs, "--sweep")
     ids = read_table(runs.data.sample_submission_csv, ["Id"])["Id"].tolist()
     embeddings = matching_embeddings(config, embedder, runs.data, ids)
-    _, cosines = match(embeddings["test"], embeddings["ext"], k=1)
+    _, cosines = nearest_references(config, embedder, embeddings)  # as the submission searches them
     choice, sweep = auto_threshold(config, runs, embeddings["ext"], embeddings["ext_ids"], cosines[:, 0])
     log.info(changes(sweep).round(4).to_string(index=False))
     log.info(choice.describe())

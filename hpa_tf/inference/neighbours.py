@@ -197,10 +197,11 @@ def threshold_sweep(best_cosine: np.ndarray, same_antibody: np.ndarray, same_tar
                "matched": int((selected & same_antibody).sum()), "correct": correct,
                "accuracy": accuracy, "recall": recall, "f1": f1}
         if elsewhere is not None:
-            impostors = int((np.asarray(elsewhere) > t).sum())
+            above = np.asarray(elsewhere) > t
+            impostors = int(above.sum())
             row.update(impostors=impostors, impostor_rate=impostors / len(selected) if len(selected) else 0.0)
             if elsewhere_target is not None:
-                row["impostors_correct"] = int(((np.asarray(elsewhere) > t) & elsewhere_target).sum())
+                row["impostors_correct"] = int((above & elsewhere_target).sum())
         rows.append(row)
     return rows
 

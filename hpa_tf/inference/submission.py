@@ -14,8 +14,8 @@ import pandas as pd
 from hpa_tf.atomic import remove_temporaries, save_npy_atomic, write_csv_atomic, write_json_atomic
 from hpa_tf.config import AUTO, InferenceConfig
 from hpa_tf.data import pipeline
-from hpa_tf.inference.match_threshold import auto_threshold, matching_embeddings
-from hpa_tf.inference.neighbours import cached_index, evidence_table, match, replace_labels
+from hpa_tf.inference.match_threshold import auto_threshold, matching_embeddings, nearest_references
+from hpa_tf.inference.neighbours import evidence_table, replace_labels
 from hpa_tf.inference.postprocess import apply_thresholds, fit_thresholds, leak_replace, ratios
 from hpa_tf.inference.predict import (
     COMBINE_NUMPY,
@@ -76,14 +76,6 @@ def match_threshold(config: InferenceConfig, runs: TrainedRuns, embeddings: dict
     choice, _ = auto_threshold(config, runs, embeddings["ext"], embeddings["ext_ids"], test_cosines)
     log.info(choice.describe())
     return choice.threshold
-
-
-def nearest_references(config: InferenceConfig, embedder: RunLayout, embeddings: dict
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, cosines) [N, --neighbour-k] of each test image's nearest HPAv18 images, best first, through
-    the metric run's saved index (built first where missing, stale or damaged)."""
-    index = cached_index(embedder.embeddings("ext"), embeddings["ext"], embedder.index)
-    return match(embeddings["test"], embeddings["ext"], k=config.neighbour_k, index=index)
 
 
 def neighbour_step(ids: list[str], before: list[str], embeddings: dict, nearest: tuple, threshold: float

@@ -74,31 +74,27 @@ def check_folds(folders: list[Path], configs: list[ClassifierConfig]) -> None:
 
 
 def validation_jobs(folds, data_dir: str | Path | None = None) -> list[tuple]:
-    """(folder, config, image source, validation frame) of each fold folder, after every check that can
-    fail before the long part: distinct folds of one split, no image in two validation splits, images
-    present."""
+    """(folder, config, validation frame) of each fold folder, after checking that they are distinct folds
+    of one split and that no image is in two validation splits."""
     folders = [Path(f) for f in folds]
     configs = [fold_config(f, data_dir) for f in folders]
     check_folds(folders, configs)
     jobs, owner = [], {}
     for folder, config in zip(folders, configs, strict=True):
-        layout = run_dataset(config)
-        _, valid = split_frames(layout, config.split, config.fold)
+        _, valid = split_frames(run_dataset(config), config.split, config.fold)
         for image_id in valid["Id"]:
             if image_id in owner:
                 raise InferenceError(f"validation image {image_id} is in the validation splits of both "
                                      f"{owner[image_id]} and {folder}: prepare the splits again")
             owner[image_id] = folder
-        source = pipeline.Source(layout, config.img_size, "train", config.tfrecords)
-        check_images(source, valid, f"validation image {{}} of {folder}")
-        jobs.append((folder, config, source, valid))
+        jobs.append((folder, config, valid))
     return jobs
 
 
 def out_of_fold_frame(jobs: list[tuple]) -> pd.DataFrame:
     """Id, Target, External, fold of the folds' validation images, in out_of_fold's row order."""
     return pd.concat([valid[["Id", "Target", "External"]].assign(fold=config.fold)
-                      for _, config, _, valid in jobs], ignore_index=True)
+                      for _, config, valid in jobs], ignore_index=True)
 
 
 def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max", batch_size: int = 4,
@@ -106,8 +102,12 @@ def out_of_fold(folds, seeds=TTA_SEEDS, views=None, combine: str = "max", batch_
     """(frame with Id, Target, External, fold; float32 probabilities [N, 28] in its row order): each fold
     folder's TTA predictions of its own validation split, concatenated in the order given (spec 9.3)."""
     jobs = validation_jobs(folds, data_dir)
+    sources = []
+    for folder, config, valid in jobs:  # every image checked before the long part
+        sources.append(pipeline.Source(run_dataset(config), config.img_size, "train", config.tfrecords))
+        check_images(sources[-1], valid, f"validation image {{}} of {folder}")
     probs = []
-    for folder, config, source, valid in jobs:
+    for (folder, config, valid), source in zip(jobs, sources, strict=True):
         model, _ = load_classifier(folder)
         probs.append(tta_probabilities(model, source, valid, config.crop_size, seeds=tuple(seeds),
                                        combine=combine, batch_size=batch_size, views=views))
